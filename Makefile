@@ -1,0 +1,26 @@
+# One command each: `make repro` (set up + run the study), `make test` (set up + run the tests).
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+PY      := .venv/bin/python
+VENV    := .venv/.installed
+
+.PHONY: setup repro test smoke bench clean-venv
+
+$(VENV): requirements.txt
+	python3 -m venv .venv
+	.venv/bin/pip install --quiet --upgrade pip
+	.venv/bin/pip install --quiet -r requirements.txt
+	touch $(VENV)
+
+setup: $(VENV)
+
+repro: $(VENV)
+	dvc repro
+
+test: $(VENV)
+	$(PY) -m pytest -q tests
+
+smoke: $(VENV)
+	$(PY) tests/smoke.py
+
+bench: $(VENV)
+	$(PY) bench/speed.py $(ARGS)

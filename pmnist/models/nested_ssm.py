@@ -1,0 +1,174 @@
+"""Nested state-space model (the sound version of "Nested Learning in DHC-SSM"), batched over seeds.
+
+Each image x [784] is read as a sequence of L = sequence_length rows of P = 784 / L pixels
+(L = 28: 28 rows of 28 pixels; L = 784: one pixel per step). Per seed, with H = hidden_dim,
+N = state_dim, M = memory_hidden:
+
+    u_t = GELU(W_in x_t + b_in)                      x_t in R^P, u_t in R^H
+    h_t = a * h_{t-1} + (1 - a) * (B u_t + b_B),     h_0 = 0, h_t in R^N, a = exp(-softplus(nu)) in (0, 1)
+    y_t = GELU(C h_t + b_C + D * u_t)                y_t in R^H
+    z   = mean_t y_t                                 readout: mean over time of the nonlinear outputs
+    w   = softmax(level_logits)                      [3], order slow, medium, fast
+    r   = z + sum_k w_k * MLP_k(z)                   MLP_k: H -> M -> H with ReLU (the memory levels)
+    logits = W_head r + b_head
+
+The recurrence is diagonal, linear and time-invariant, so it is stable by construction (0 < a < 1;
+the (1 - a) input gain makes h an exponential moving average, bounded for any length) and is
+computed exactly by a two-level chunked scan (`diag_scan`): no Python loop over time steps.
+
+CMS levels, slow -> fast: ["slow", "medium", "fast", "core"]: the three memory MLPs, then the core
+(input projection, SSM, readout, level logits, head). Their update frequencies are the run's CMS
+`periods` (default run: [100, 10, 1, 1]); the model itself never optimises anything, and every
+path carries gradients (the CMSScheduler sums each chunk's gradients: the paper's rule).
+
+Defects of the public implementation fixed here:
+  * its state was reset to zero on every call, so nothing recurred: here h_t carries information
+    across all steps of a sequence (it is a state-space model);
+  * its slow weights moved *along* the gradient (ascent): here all updates are the optimizer's
+    descent steps, taken by pmnist.optim.cms.CMSScheduler;
+  * its slow path was detached between updates: here nothing is detached; gradients of every
+    step reach the slow parameters and are accumulated until their level's update.
+"""
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from pmnist.config import positive_int, _fail, _section
+from pmnist.models.layers import SeedLinear, per_seed_init
+
+MEMORY_LEVELS = ("slow", "medium", "fast")
+
+
+def diag_scan(b, log_a):
+    """h_t = a * h_{t-1} + b_t, h_{-1} = 0, for b [S, B, L, N] and log_a [S, N] (a = exp(log_a) <= 1).
+
+    Exact two-level chunked scan: split time into C chunks of K ~ sqrt(L) steps; inside a chunk the
+    recurrence is a [K, K] lower-triangular matrix of decay powers, across chunks a [C, C] one.
+    Only powers a^k with k >= 0 appear, so nothing overflows (unlike a^t * cumsum(a^-t b))."""
+    S, Bt, L, N = b.shape
+    K = math.ceil(math.sqrt(L))
+    C = math.ceil(L / K)
+    b = F.pad(b, (0, 0, 0, C * K - L)).view(S, Bt, C, K, N)  # zero inputs after the end: causal
+
+    def decay_matrix(n, scale):  # [S, N, n, n]: a^(scale * (t - s)) for t >= s, else 0
+        d = torch.arange(n, device=b.device)
+        diff = d[:, None] - d[None, :]
+        # clamp before exp: masked entries would be a^(negative) = inf and poison the backward
+        powers = torch.exp(log_a[:, :, None, None] * (scale * diff.clamp(min=0)))
+        return powers * (diff >= 0)
+
+    local = torch.einsum("intu,ibcun->ibctn", decay_matrix(K, 1), b)        # state from this chunk
+    ends = torch.einsum("incd,ibdn->ibcn", decay_matrix(C, K), local[:, :, :, -1])  # state at chunk ends
+    entering = F.pad(ends[:, :, :-1], (0, 0, 1, 0))                            # state before chunk c
+    carry = torch.exp(log_a[:, None, :] * torch.arange(1, K + 1, device=b.device)[:, None])  # [S, K, N]
+    h = local + carry[:, None, None] * entering[:, :, :, None]
+    return h.reshape(S, Bt, C * K, N)[:, :, :L]
+
+
+def _one_seed(p, hidden_dim, state_dim, memory_hidden, n_classes):
+    """One seed's layers, in a fixed creation order (so seed s's init is reproducible)."""
+    return {
+        "inp": nn.Linear(p, hidden_dim),
+        "B": nn.Linear(hidden_dim, state_dim),
+        "C": nn.Linear(state_dim, hidden_dim),
+        "mem": [(nn.Linear(hidden_dim, memory_hidden), nn.Linear(memory_hidden, hidden_dim))
+                for _ in MEMORY_LEVELS],
+        "head": nn.Linear(hidden_dim, n_classes),
+    }
+
+
+class NestedSSM(nn.Module):
+    CONFIG = {
+        "hidden_dim": (positive_int, 256),      # H: width of u_t, y_t, z and the memory MLP outputs
+        "state_dim": (positive_int, 64),        # N: number of diagonal SSM states
+        "sequence_length": (positive_int, 28),  # L: 28 (rows) or 784 (pixels); must divide 784
+        "memory_hidden": (positive_int, 256),   # M: hidden width of each memory MLP
+    }
+
+    @classmethod
+    def validate_config(cls, key, cfg):
+        cfg = _section(key, cfg, cls.CONFIG)
+        if 784 % cfg["sequence_length"]:
+            _fail(f"{key}.sequence_length", f"must divide 784 (e.g. 28 or 784), got {cfg['sequence_length']}")
+        return cfg
+
+    @staticmethod
+    def level_names(cfg=None):
+        return [*MEMORY_LEVELS, "core"]
+
+    def __init__(self, seeds, hidden_dim=256, state_dim=64, sequence_length=28, memory_hidden=256,
+                 in_dim=784, n_classes=10):
+        super().__init__()
+        self.length = sequence_length
+        nets = per_seed_init(seeds, lambda: _one_seed(in_dim // sequence_length, hidden_dim, state_dim,
+                                                      memory_hidden, n_classes))
+        self.inp = SeedLinear([n["inp"] for n in nets])
+        self.B = SeedLinear([n["B"] for n in nets])
+        self.C = SeedLinear([n["C"] for n in nets])
+        self.head = SeedLinear([n["head"] for n in nets])
+        self.mem = nn.ModuleList(
+            nn.ModuleList(SeedLinear([n["mem"][k][j] for n in nets]) for j in range(2))
+            for k in range(len(MEMORY_LEVELS)))
+        S = len(seeds)
+        # Deterministic inits (identical for every seed): timescales 1/(-log a) log-spaced over
+        # [1, L] so the states cover short to whole-sequence memory; D = 1; uniform level weights.
+        tau = torch.logspace(0, math.log10(sequence_length), state_dim)
+        self.nu = nn.Parameter(torch.log(torch.expm1(1 / tau)).repeat(S, 1))  # softplus(nu) = 1 / tau
+        self.D = nn.Parameter(torch.ones(S, hidden_dim))
+        self.level_logits = nn.Parameter(torch.zeros(S, len(MEMORY_LEVELS)))
+        self.scheduler = None
+
+    def core_sequence(self, x):
+        """x [S, B, 784] -> y [S, B, L, H], the per-step SSM outputs (y_t sees x_1..x_t only)."""
+        S, Bt, _ = x.shape
+        rows = x.reshape(S, Bt * self.length, -1)                     # [S, B*L, P]
+        u = F.gelu(self.inp(rows))                                    # [S, B*L, H]
+        log_a = -F.softplus(self.nu)                                  # [S, N], a in (0, 1)
+        drive = (1 - log_a.exp())[:, None] * self.B(u)                # (1 - a) * (B u + b_B)
+        h = diag_scan(drive.view(S, Bt, self.length, -1), log_a)     # [S, B, L, N]
+        y = F.gelu(self.C(h.reshape(S, Bt * self.length, -1)) + self.D[:, None] * u)
+        return y.view(S, Bt, self.length, -1)
+
+    def level_weights(self):
+        return torch.softmax(self.level_logits, dim=-1)              # [S, 3], per seed
+
+    def forward(self, x, return_diagnostics=False):
+        """x [S, B, 784] -> logits [S, B, 10]; with return_diagnostics also
+        {"levels_updated": names the scheduler's next step() updates, "level_weights": [S, 3]}."""
+        z = self.core_sequence(x).mean(dim=2)                          # [S, B, H]
+        w = self.level_weights()
+        memory = sum(w[:, k, None, None] * l2(torch.relu(l1(z))) for k, (l1, l2) in enumerate(self.mem))
+        logits = self.head(z + memory)
+        if not return_diagnostics:
+            return logits
+        return logits, {"levels_updated": self._scheduler().due_levels(), "level_weights": w.detach()}
+
+    def levels(self):
+        """(name, params) slow -> fast; each parameter in exactly one level."""
+        core = [*self.inp.parameters(), *self.B.parameters(), self.nu, *self.C.parameters(), self.D,
+                self.level_logits, *self.head.parameters()]
+        return [*((name, list(m.parameters())) for name, m in zip(MEMORY_LEVELS, self.mem)), ("core", core)]
+
+    # ---- the issue's API, backed by the one CMSScheduler that trains this model -------------------
+    def attach_scheduler(self, scheduler):
+        """Called by the training code with the CMSScheduler built on self.levels()."""
+        self.scheduler = scheduler
+
+    def _scheduler(self):
+        if self.scheduler is None:
+            raise RuntimeError("NestedSSM: no scheduler attached; call model.attach_scheduler(CMSScheduler(...)) first")
+        return self.scheduler
+
+    def get_memory_utilization(self):
+        """{level: {"updates": n, "fraction": n / total_steps}, "total_steps": steps}."""
+        sched = self._scheduler()
+        total = sched.step_count
+        out = {lv.name: {"updates": lv.updates, "fraction": lv.updates / total if total else 0.0}
+               for lv in sched.levels}
+        return {**out, "total_steps": total}
+
+    def reset_state(self):
+        """Zero the step counters and drop pending accumulated gradients (optimizer state is kept)."""
+        self._scheduler().reset()

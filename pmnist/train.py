@@ -1,0 +1,132 @@
+"""The continual-learning loop: tasks learned one after another, never revisited, all seeds at once.
+
+Every seed trains its own copy of the model (parameters stacked on a leading seed axis), with its own
+initialisation, data order and optimizer state; nothing couples seeds, so the result equals training
+the seeds one by one. Data sit on the device as uint8 tensors; a task's permutation is an index, and
+each batch is gathered by index: no DataLoader and no per-sample Python in the hot loop.
+"""
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pmnist.models import build_model
+from pmnist.optim import build_optimizer
+from pmnist.optim.cms import CMSScheduler
+
+
+class DivergenceError(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
+    return device
+
+
+def build_run(run: dict, model_cfg: dict, seeds, device):
+    """(model, scheduler) for one run's settings (a validated `runs.<name>` entry)."""
+    model = build_model(run["model"], seeds, model_cfg).to(device)
+    make_optimizer = lambda params, lr: build_optimizer(run["optimizer"], params, lr, run["optimizer_args"])
+    scheduler = CMSScheduler(model.levels(), run["periods"], make_optimizer, run["lr"],
+                             accumulate=run["accumulate"], lr_scale=run["lr_scale"])
+    if hasattr(model, "attach_scheduler"):
+        model.attach_scheduler(scheduler)
+    return model, scheduler
+
+
+def gather_batch(images, perm, idx):
+    """images uint8 [N, 784], perm long [S, 784], idx long [S, B] -> float [S, B, 784] in [0, 1]:
+    seed s gets images[idx[s]] with its pixels permuted by perm[s]."""
+    x = images[idx]                                                     # [S, B, 784]
+    x = torch.gather(x, 2, perm.unsqueeze(1).expand(-1, idx.shape[1], -1))
+    return x.float().div_(255)
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, perm, chunk=2000):
+    """Accuracy [S] of every seed's model on the whole split, permuted by perm [S, 784]."""
+    n_seeds, n = perm.shape[0], images.shape[0]
+    correct = torch.zeros(n_seeds, device=images.device)
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(start + chunk, n), device=images.device).expand(n_seeds, -1)
+        logits = model(gather_batch(images, perm, idx))
+        correct += (logits.argmax(-1) == labels[idx]).sum(1)
+    return correct / n
+
+
+def evaluate_all_tasks(model, images, labels, permutations):
+    """[S, T]: accuracy of every seed on every task; permutations long [S, T, 784]."""
+    return torch.stack([evaluate(model, images, labels, permutations[:, t]) for t in range(permutations.shape[1])], 1)
+
+
+def _fmt(seconds):
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if math.isfinite(seconds) else "?"
+
+
+def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, *, seeds,
+                    epochs, batch_size, name="run", log=print, on_task_end=None):
+    """Train on tasks 0..T-1 in order; after each task evaluate on every task.
+
+    train_x/eval_x: uint8 [N, 784] and labels [N] on the model's device; permutations: long [S, T, 784].
+    Returns float64 numpy arrays: accuracy [S, T, T] (row i: after task i), untrained_accuracy
+    [S, T] (before any training, for forward transfer) and train_loss [S, T, epochs].
+    on_task_end(task, accuracy_row [S, T], train_loss [S, epochs]) is called after each task.
+    """
+    device = train_x.device
+    n_seeds, n_tasks = permutations.shape[:2]
+    n = train_x.shape[0]
+    n_batches = math.ceil(n / batch_size)
+    # Each seed's data order comes from its own generator, seeded like its tasks.
+    order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
+
+    accuracy = torch.zeros(n_seeds, n_tasks, n_tasks, dtype=torch.float64)
+    train_loss = torch.zeros(n_seeds, n_tasks, epochs, dtype=torch.float64)
+    model.eval()
+    untrained = evaluate_all_tasks(model, eval_x, eval_y, permutations).double().cpu()
+
+    start, step = time.time(), 0
+    total_steps = n_tasks * epochs * n_batches
+    for task in range(n_tasks):
+        perm = permutations[:, task]
+        for epoch in range(epochs):
+            model.train()
+            order = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
+            loss_sum = torch.zeros(n_seeds, device=device)
+            first_bad = torch.full((n_seeds,), -1, device=device)
+            for b in range(n_batches):
+                idx = order[:, b * batch_size:(b + 1) * batch_size]
+                logits = model(gather_batch(train_x, perm, idx))
+                # Sum over seeds of each seed's mean loss: seed s's gradient is its own mean-loss gradient.
+                loss = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
+                loss = loss.view(n_seeds, -1).mean(1)
+                scheduler.zero_grad()
+                loss.sum().backward()
+                scheduler.step()
+                loss_sum += loss.detach()
+                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step + b, first_bad)
+            step += n_batches
+            bad = (first_bad >= 0).nonzero().flatten().tolist()
+            if bad:
+                s = bad[0]
+                raise DivergenceError(
+                    f"run '{name}' diverged: non-finite loss for seed {seeds[s]} on task {task} at step "
+                    f"{int(first_bad[s])} (epoch {epoch}); lower the lr or check the data. No results written.")
+            train_loss[:, task, epoch] = (loss_sum / n_batches).double().cpu()
+            elapsed = time.time() - start
+            eta = elapsed / step * (total_steps - step)
+            log(f"[{name}] seeds {seeds[0]}..{seeds[-1]} task {task + 1}/{n_tasks} epoch {epoch + 1}/{epochs} "
+                f"loss {train_loss[:, task, epoch].mean():.4f} | elapsed {_fmt(elapsed)} ETA {_fmt(eta)}")
+        scheduler.flush()  # apply partial chunks so the evaluation sees all of this task's gradients
+        model.eval()
+        accuracy[:, task] = evaluate_all_tasks(model, eval_x, eval_y, permutations).double().cpu()
+        log(f"[{name}] after task {task + 1}: mean accuracy on tasks seen "
+            f"{accuracy[:, task, :task + 1].mean() * 100:.2f}%")
+        if on_task_end is not None:
+            on_task_end(task, accuracy[:, task].numpy(), train_loss[:, task].numpy())
+    return {"accuracy": accuracy.numpy(), "untrained_accuracy": untrained.numpy(), "train_loss": train_loss.numpy()}
