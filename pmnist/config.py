@@ -80,6 +80,12 @@ def md5_hex(key, v):
     return v
 
 
+def run_pair(key, v):
+    if not isinstance(v, list) or len(v) != 2 or not all(isinstance(x, str) and x for x in v):
+        _fail(key, f"must be a [run, control] pair of run names, got {v!r}")
+    return v
+
+
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -106,12 +112,14 @@ SCHEMA = {
         "eval_split": one_of("test", "validation"),
         "device": string,
         "tf32": boolean,
+        "cuda_graphs": boolean,
     },
     "stats": {
         "reference": string,
         "alpha": unit_interval,
         "bootstrap_resamples": positive_int,
         "seed": non_negative_int,
+        "comparisons": (list_of(run_pair, min_len=0), []),
     },
     "plots": {
         "dpi": positive_int,
@@ -129,7 +137,8 @@ RUN_SCHEMA = {
     "optimizer_args": (dict, None),
 }
 
-TOP_LEVEL = (*SCHEMA, "models", "runs")
+TOP_LEVEL = (*SCHEMA, "models", "runs", "provenance")
+OPTIONAL_TOP_LEVEL = ("provenance",)
 
 
 def _unknown(key, name, valid):
@@ -207,7 +216,7 @@ def validate(raw: dict) -> dict:
         if name not in TOP_LEVEL:
             _unknown("", name, TOP_LEVEL)
     for name in TOP_LEVEL:
-        if name not in raw:
+        if name not in raw and name not in OPTIONAL_TOP_LEVEL:
             _fail(name, "missing section")
     params = {name: _section(name, raw[name], spec) for name, spec in SCHEMA.items()}
 
@@ -227,6 +236,22 @@ def validate(raw: dict) -> dict:
 
     if params["stats"]["reference"] not in params["runs"]:
         _fail("stats.reference", f"{params['stats']['reference']!r} is not a run; valid: {', '.join(runs)}")
+    for i, pair in enumerate(params["stats"]["comparisons"]):
+        for name in pair:
+            if name not in params["runs"]:
+                _fail(f"stats.comparisons[{i}]", f"{name!r} is not a run; valid: {', '.join(runs)}")
+        if pair[0] == pair[1]:
+            _fail(f"stats.comparisons[{i}]", "compares a run with itself")
+
+    # How each run's hyperparameters were chosen, for the report: run -> text.
+    provenance = raw.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        _fail("provenance", "must be a mapping of run name -> text")
+    for name, text in provenance.items():
+        if name not in params["runs"]:
+            _fail(f"provenance.{name}", f"is not a run; valid: {', '.join(runs)}")
+        string(f"provenance.{name}", text)
+    params["provenance"] = provenance
     if params["train"]["eval_split"] == "validation":
         n_train = 60000 - params["split"]["validation_size"]
         if n_train <= 0:

@@ -125,7 +125,7 @@ def summarize(x):
     if len(x) < 2:
         out["note"] = "std and CI undefined: 1 seed"
     elif np.isnan(x).any():
-        out["note"] = "undefined: metric is NaN for some seeds (e.g. 1 task)"
+        out["note"] = "undefined: NaN for some seeds (BWT, FWT, forgetting need >= 2 tasks)"
     return out
 
 

@@ -6,6 +6,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 from scipy import stats as st
 
 from pmnist.metrics import METRICS
@@ -113,11 +114,11 @@ def sentence(run, control, metric, res, alpha):
     label, higher_better = METRICS[metric]
     p, diff = res.get("p_holm"), res.get("mean_diff")
     if p is None:
-        return f"{label} of {run} vs {control} was not tested ({res.get('note') or 'undefined'})."
+        return f"Not tested: {label} of {run} vs {control} ({res.get('note') or 'undefined'})."
     ci = f" (95% CI {res['ci95_low']:+.2f} to {res['ci95_high']:+.2f})" if res.get("ci95_low") is not None else ""
     if p >= alpha:
-        return (f"no significant difference in {label} between {run} and {control} "
-                f"({diff:+.2f} points{ci}, p_holm {_p(p)}, alpha = {alpha:g}).")
+        return (f"No significant difference in {label} between {run} and {control} at alpha = {alpha:g}: "
+                f"{diff:+.2f} points{ci}, p_holm {_p(p)}.")
     if metric == "forgetting_pct":
         verb = "forgets less than" if diff < 0 else "forgets more than"
         return f"{run} {verb} {control}: {diff:+.2f} points of {label}{ci}, p_holm {_p(p)}."
@@ -129,8 +130,6 @@ def sentence(run, control, metric, res, alpha):
 def load_summary(path):
     """results/summary.csv (run, seed, metric, value) -> (values[run][metric] = array over seeds, seeds).
     Runs keep their order in the file; a seed missing from a run is NaN there (dropped when pairing)."""
-    import pandas as pd
-
     df = pd.read_csv(path)
     missing = {"run", "seed", "metric", "value"} - set(df.columns)
     if missing:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from pmnist.models import build_model
-from pmnist.optim import build_optimizer
+from pmnist.optim import OPTIMIZERS, build_optimizer
 from pmnist.optim.cms import CMSScheduler
 
 
@@ -27,6 +27,11 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device is {name!r} but CUDA is not available here; use auto or cpu")
     return device
+
+
+def graph_safe(run: dict) -> bool:
+    """Whether this run's optimizer may be replayed from a CUDA graph."""
+    return OPTIMIZERS[run["optimizer"]].graph_safe
 
 
 def build_run(run: dict, model_cfg: dict, seeds, device):
@@ -52,12 +57,12 @@ def gather_batch(images, perm, idx):
 def evaluate(model, images, labels, perm, chunk=2000):
     """Accuracy [S] of every seed's model on the whole split, permuted by perm [S, 784]."""
     n_seeds, n = perm.shape[0], images.shape[0]
-    correct = torch.zeros(n_seeds, device=images.device)
+    correct = torch.zeros(n_seeds, dtype=torch.long, device=images.device)
     for start in range(0, n, chunk):
         idx = torch.arange(start, min(start + chunk, n), device=images.device).expand(n_seeds, -1)
         logits = model(gather_batch(images, perm, idx))
         correct += (logits.argmax(-1) == labels[idx]).sum(1)
-    return correct / n
+    return correct.double() / n
 
 
 def evaluate_all_tasks(model, images, labels, permutations):
@@ -69,8 +74,57 @@ def _fmt(seconds):
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if math.isfinite(seconds) else "?"
 
 
+class TrainStep:
+    """Forward, backward and CMS update for one batch of every seed.
+
+    Per-seed loss is the mean over the seed's batch; the seeds' losses are summed, so seed s's
+    gradient is exactly its own. On CUDA with `cuda_graphs`, forward+backward is recorded once as a
+    CUDA graph (and each level's update by the scheduler) as soon as every level has updated once,
+    then replayed: a few launches per step instead of a few hundred. Running totals (loss, first
+    non-finite step per seed) stay on the device, so nothing syncs inside an epoch.
+    """
+
+    def __init__(self, model, scheduler, train_x, train_y, n_seeds, batch_size, cuda_graphs):
+        self.model, self.scheduler, self.train_x, self.train_y = model, scheduler, train_x, train_y
+        device = train_x.device
+        self.idx = torch.zeros(n_seeds, batch_size, dtype=torch.long, device=device)
+        self.perm = torch.zeros(n_seeds, train_x.shape[1], dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros(n_seeds, device=device)
+        self.first_bad = torch.full((n_seeds,), -1, dtype=torch.long, device=device)
+        self.step_count = torch.zeros((), dtype=torch.long, device=device)
+        self.use_graphs = cuda_graphs and device.type == "cuda"
+        self.graph = None
+
+    def _forward_backward(self, idx):
+        logits = self.model(gather_batch(self.train_x, self.perm, idx))
+        loss = F.cross_entropy(logits.flatten(0, 1), self.train_y[idx].flatten(), reduction="none")
+        loss = loss.view(idx.shape[0], -1).mean(1)
+        self.scheduler.zero_grad()
+        loss.sum().backward()
+        loss = loss.detach()
+        self.loss_sum += loss
+        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(loss), self.step_count, self.first_bad))
+        self.step_count += 1
+
+    def __call__(self, idx):
+        if idx.shape[1] != self.idx.shape[1]:  # the epoch's last, smaller batch: eager
+            self._forward_backward(idx)
+        elif self.graph is not None:
+            self.idx.copy_(idx)
+            self.graph.replay()
+        else:
+            self.idx.copy_(idx)
+            self._forward_backward(self.idx)
+        self.scheduler.step()
+        if self.use_graphs and self.graph is None and all(lv.updates for lv in self.scheduler.levels):
+            self.scheduler.capture_graphs()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._forward_backward(self.idx)
+
+
 def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, *, seeds,
-                    epochs, batch_size, name="run", log=print, on_task_end=None):
+                    epochs, batch_size, cuda_graphs=True, name="run", log=print, on_task_end=None):
     """Train on tasks 0..T-1 in order; after each task evaluate on every task.
 
     train_x/eval_x: uint8 [N, 784] and labels [N] on the model's device; permutations: long [S, T, 784].
@@ -84,42 +138,33 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
     n_batches = math.ceil(n / batch_size)
     # Each seed's data order comes from its own generator, seeded like its tasks.
     order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
+    train_step = TrainStep(model, scheduler, train_x, train_y, n_seeds, batch_size, cuda_graphs)
 
     accuracy = torch.zeros(n_seeds, n_tasks, n_tasks, dtype=torch.float64)
     train_loss = torch.zeros(n_seeds, n_tasks, epochs, dtype=torch.float64)
     model.eval()
     untrained = evaluate_all_tasks(model, eval_x, eval_y, permutations).double().cpu()
 
-    start, step = time.time(), 0
-    total_steps = n_tasks * epochs * n_batches
+    start, done = time.time(), 0
     for task in range(n_tasks):
-        perm = permutations[:, task]
+        train_step.perm.copy_(permutations[:, task])
         for epoch in range(epochs):
             model.train()
             order = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
-            loss_sum = torch.zeros(n_seeds, device=device)
-            first_bad = torch.full((n_seeds,), -1, device=device)
+            train_step.loss_sum.zero_()
             for b in range(n_batches):
-                idx = order[:, b * batch_size:(b + 1) * batch_size]
-                logits = model(gather_batch(train_x, perm, idx))
-                # Sum over seeds of each seed's mean loss: seed s's gradient is its own mean-loss gradient.
-                loss = F.cross_entropy(logits.flatten(0, 1), train_y[idx].flatten(), reduction="none")
-                loss = loss.view(n_seeds, -1).mean(1)
-                scheduler.zero_grad()
-                loss.sum().backward()
-                scheduler.step()
-                loss_sum += loss.detach()
-                first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), step + b, first_bad)
-            step += n_batches
-            bad = (first_bad >= 0).nonzero().flatten().tolist()
+                train_step(order[:, b * batch_size:(b + 1) * batch_size])
+            done += 1
+            bad = (train_step.first_bad >= 0).nonzero().flatten().tolist()
             if bad:
                 s = bad[0]
                 raise DivergenceError(
                     f"run '{name}' diverged: non-finite loss for seed {seeds[s]} on task {task} at step "
-                    f"{int(first_bad[s])} (epoch {epoch}); lower the lr or check the data. No results written.")
-            train_loss[:, task, epoch] = (loss_sum / n_batches).double().cpu()
+                    f"{int(train_step.first_bad[s])} (epoch {epoch}); lower the lr or check the data. "
+                    f"No results written.")
+            train_loss[:, task, epoch] = (train_step.loss_sum / n_batches).double().cpu()
             elapsed = time.time() - start
-            eta = elapsed / step * (total_steps - step)
+            eta = elapsed / done * (n_tasks * epochs - done)
             log(f"[{name}] seeds {seeds[0]}..{seeds[-1]} task {task + 1}/{n_tasks} epoch {epoch + 1}/{epochs} "
                 f"loss {train_loss[:, task, epoch].mean():.4f} | elapsed {_fmt(elapsed)} ETA {_fmt(eta)}")
         scheduler.flush()  # apply partial chunks so the evaluation sees all of this task's gradients

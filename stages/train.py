@@ -13,7 +13,7 @@ import torch
 from pmnist.config import ConfigError, load_params
 from pmnist.data import load_mnist
 from pmnist.io import atomic_dir, write_npz
-from pmnist.train import build_run, resolve_device, train_continual
+from pmnist.train import build_run, graph_safe, resolve_device, train_continual
 
 
 def _terminate(signum, frame):
@@ -56,6 +56,7 @@ def main(run_name):
     start = time.time()
     result = train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, seeds=seeds,
                              epochs=train["epochs"], batch_size=run["batch_size"], name=run_name,
+                             cuda_graphs=train["cuda_graphs"] and graph_safe(run),
                              log=lambda line: print(line, flush=True))
     seconds = time.time() - start
 

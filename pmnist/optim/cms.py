@@ -20,6 +20,10 @@ accuracy measured after a task reflects all of that task's gradients.
 
 Use it like an optimizer:  scheduler.zero_grad(); loss.backward(); scheduler.step().
 Works for any model exposing `levels()` and any torch optimizer; parameters may carry a seed axis.
+
+On CUDA, `capture_graphs()` records each level's full-chunk update (scale, optimizer step, zero the
+gradients) as a CUDA graph, replayed at every later update: one launch instead of dozens. Gradients
+are zeroed in place, never set to None, so their buffers stay where the graphs expect them.
 """
 from dataclasses import dataclass, field
 
@@ -37,6 +41,7 @@ class Level:
     pending: int = 0     # gradients accumulated in the current chunk
     updates: int = 0     # optimizer steps taken by this level
     updated_last_step: bool = field(default=False)
+    graph: object = None  # torch.cuda.CUDAGraph of a full-chunk update, once captured
 
 
 class CMSScheduler:
@@ -58,8 +63,7 @@ class CMSScheduler:
         """Before backward: `last` keeps only the newest gradient, so drop any pending one."""
         if self.accumulate == "last":
             for level in self.levels:
-                for p in level.params:
-                    p.grad = None
+                _zero(level.params)
 
     def step(self):
         """After backward: count this step's gradient; update every level whose chunk is complete."""
@@ -83,20 +87,40 @@ class CMSScheduler:
         for level in self.levels:
             level.pending = level.updates = 0
             level.updated_last_step = False
-            for p in level.params:
-                p.grad = None
+            _zero(level.params)
 
     def due_levels(self):
         """Names of the levels that the next step() will update."""
         return [lv.name for lv in self.levels if lv.pending + 1 == lv.period]
 
+    def capture_graphs(self):
+        """Record every level's full-chunk update as a CUDA graph. Call once each level has updated
+        at least once (its optimizer state exists) and every gradient buffer is allocated."""
+        pool = torch.cuda.graph_pool_handle()
+        for level in self.levels:
+            if level.updates == 0 or any(p.grad is None for p in level.params):
+                raise RuntimeError(f"level {level.name} has not updated yet: capture after its first update")
+            level.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(level.graph, pool=pool):
+                self._update(level, level.period)
+
     def _apply(self, level):
-        if self.accumulate == "mean" and level.pending > 1:
-            for p in level.params:
-                if p.grad is not None:
-                    p.grad.div_(level.pending)
-        level.optimizer.step()
-        for p in level.params:
-            p.grad = None
+        if level.graph is not None and level.pending == level.period:
+            level.graph.replay()
+        else:
+            self._update(level, level.pending)
         level.pending = 0
         level.updates += 1
+
+    def _update(self, level, n_grads):
+        grads = [p.grad for p in level.params if p.grad is not None]
+        if self.accumulate == "mean" and n_grads > 1:
+            torch._foreach_div_(grads, n_grads)
+        level.optimizer.step()
+        torch._foreach_zero_(grads)
+
+
+def _zero(params):
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        torch._foreach_zero_(grads)

@@ -55,7 +55,7 @@ def _phi(layers, x):
 
 class DeepMomentum(torch.optim.Optimizer):
     def __init__(self, params, lr, hidden_dim=16, num_layers=2, inner_lr=1e-3, use_delta_rule=False,
-                 memory_decay=0.0, adaptive=False, beta2=0.999, eps=1e-8):
+                 memory_decay=0.01, adaptive=False, beta2=0.999, eps=1e-8):
         if int(num_layers) < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         super().__init__(params, dict(lr=lr, hidden_dim=int(hidden_dim), num_layers=int(num_layers),

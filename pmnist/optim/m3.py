@@ -2,21 +2,26 @@
 
 Per parameter, step t = 1, 2, ..., gradient g_t, f = frequency, k = number of completed chunks:
 
-    M1_t = m1 M1_{t-1} + (1-m1) g_t                      fast momentum, every step
-    V_t  = v1 V_{t-1}  + (1-v1) g_t^2                    second moment, every step
-    every f-th step (t = k f), on the chunk sum S_k = g_{t-f+1} + ... + g_t:
-        M2_k = m2 M2_{k-1} + (1-m2) S_k                  slow momentum, every f steps
-        O2   = NS(M2_k)            (matrices)   |   M2_k / ((1 - m2^k) f)   (vectors: bias-corrected
-                                                                             chunk mean, gradient scale)
-        O2 is then held fixed until the next chunk completes (O2 = 0 before the first one)
-    O1_t = NS(M1_t)                (matrices)   |   M1_t / (1 - m1^t)       (vectors)
-    p   <- p - lr * (O1_t + alpha O2) / (sqrt(V_t / (1 - v1^t)) + eps)
+    M1_t = m1 M1_{t-1} + (1-m1) g_t                    fast momentum, every step
+    V_t  = v1 V_{t-1}  + (1-v1) g_t^2                  second moment, every step
+    D_t  = sqrt(V_t / (1 - v1^t)) + eps                Adam's denominator
+    every f-th step (t = k f), with the chunk sum S_k = g_{t-f+1} + ... + g_t:
+        M2_k = m2 M2_{k-1} + (1-m2) S_k                slow momentum, every f steps
+        P2   = M2_k / ((1 - m2^k) f) / D_t             (bias-corrected, per-step scale)
+        O2   = NS(P2) (matrices) | P2 (vectors), then held fixed until the next chunk completes
+        (O2 = 0 before the first chunk completes)
+    P1_t = M1_t / (1 - m1^t) / D_t
+    O1_t = NS(P1_t) (matrices) | P1_t (vectors)
+    p   <- p - lr * r * (O1_t + alpha O2),   r = max(1, rows/cols)^0.5 for matrices (as Muon), 1 else
 
 NS = Newton-Schulz orthogonalisation per seed (newton_schulz.py, ns_steps iterations); "matrices"
 are parameters with ndim >= 3 (seed axis + [rows, cols]), "vectors" everything else.
-With alpha = 0, vectors follow Adam(betas=(m1, v1)) exactly and matrices NS(M1) / (sqrt(V_hat) + eps).
-Because NS outputs have entries ~1/sqrt(max(rows, cols)) and V_hat^0.5 is the gradient scale, the
-matrix update per element is ~ lr / (|g| sqrt(cols)): far larger than Adam's ~lr at equal lr.
+With alpha = 0: matrices move by lr r NS(Adam direction), vectors exactly as Adam(betas=(m1, v1)).
+
+Why the second moment divides *before* NS: the paper writes (O1 + alpha O2) / (sqrt(V) + eps), but
+NS mixes coordinates, so a coordinate with a near-zero gradient (an MNIST pixel that is rarely on)
+gets an O(1/sqrt(cols)) entry divided by ~|g| ~ 0: on the reference MLP that form diverged at every
+lr tried (1e-3 ... 1e-6). Preconditioning first keeps the update's spectral norm ~lr, as in Muon.
 """
 import torch
 
@@ -42,15 +47,17 @@ class M3(torch.optim.Optimizer):
                     s.update(t=0, k=0, M1=torch.zeros_like(g), V=torch.zeros_like(g), M2=torch.zeros_like(g),
                              chunk=torch.zeros_like(g), O2=torch.zeros_like(g))
                 s["t"] += 1
-                t, matrix = s["t"], is_matrix(p)
+                t = s["t"]
+                orth = (lambda P: orthogonalise(P, ns)) if is_matrix(p) else (lambda P: P)
                 s["M1"].lerp_(g, 1 - m1)
                 s["V"].mul_(v1).addcmul_(g, g, value=1 - v1)
                 s["chunk"].add_(g)
+                denom = (s["V"] / (1 - v1 ** t)).sqrt_().add_(group["eps"])
                 if t % f == 0:
                     s["k"] += 1
                     s["M2"].lerp_(s["chunk"], 1 - m2)
                     s["chunk"].zero_()
-                    s["O2"] = orthogonalise(s["M2"], ns) if matrix else s["M2"] / ((1 - m2 ** s["k"]) * f)
-                o1 = orthogonalise(s["M1"], ns) if matrix else s["M1"] / (1 - m1 ** t)
-                denom = (s["V"] / (1 - v1 ** t)).sqrt_().add_(group["eps"])
-                p.sub_(group["lr"] * (o1 + group["alpha"] * s["O2"]) / denom)
+                    s["O2"] = orth(s["M2"] / ((1 - m2 ** s["k"]) * f) / denom)
+                o1 = orth(s["M1"] / (1 - m1 ** t) / denom)
+                r = max(1.0, p.shape[1] / p[0, 0].numel()) ** 0.5 if is_matrix(p) else 1.0
+                p.sub_(group["lr"] * r * (o1 + group["alpha"] * s["O2"]))
