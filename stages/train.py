@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import torch
+from dvclive import Live
 
 from pmnist.config import ConfigError, load_params
 from pmnist.data import load_mnist
@@ -54,10 +55,19 @@ def main(run_name):
           f"batch {run['batch_size']} | {len(seeds)} seeds x {protocol['n_tasks']} tasks x {train['epochs']} "
           f"epochs x {len(train_x)} images on {device}", flush=True)
     start = time.time()
-    result = train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, seeds=seeds,
-                             epochs=train["epochs"], batch_size=run["batch_size"], name=run_name,
-                             cuda_graphs=train["cuda_graphs"] and graph_safe(run),
-                             log=lambda line: print(line, flush=True))
+    # Live metrics, one step per task, while the run goes: `dvc exp show` and `dvc plots show` read them.
+    with Live(dir=f"results/live/{run_name}", dvcyaml=None, save_dvc_exp=False) as live:
+        def on_task_end(task, accuracy_row, train_loss):
+            live.log_metric("average_accuracy_seen_pct", float(accuracy_row[:, :task + 1].mean() * 100))
+            live.log_metric("train_loss", float(train_loss[:, -1].mean()))
+            for j, acc in enumerate(accuracy_row.mean(0)):
+                live.log_metric(f"accuracy_pct/task_{j + 1}", float(acc * 100))
+            live.next_step()
+
+        result = train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, seeds=seeds,
+                                 epochs=train["epochs"], batch_size=run["batch_size"], name=run_name,
+                                 cuda_graphs=train["cuda_graphs"] and graph_safe(run),
+                                 log=lambda line: print(line, flush=True), on_task_end=on_task_end)
     seconds = time.time() - start
 
     final = result["accuracy"][:, -1, :].mean(1) * 100

@@ -22,10 +22,17 @@ TINY = {
 }
 
 
+# In an override, DROP removes the key (e.g. `{"runs": {"cms_same_lr": DROP}}` to keep a copy small).
+DROP = object()
+
+
 def merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        if value is DROP:
+            out.pop(key, None)
+        else:
+            out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
 
 
