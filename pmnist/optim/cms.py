@@ -8,9 +8,10 @@ steps, by one optimizer step on the chunk's gradients combined by `accumulate`:
     mean  g = that sum / number of gradients in the chunk
     last  g = the chunk's last gradient only                   (what a naive wrapper does)
 
-Each level has its own optimizer with lr = base_lr * period**a, a = 0 / 0.5 / 1 for
-lr_scale = none / sqrt_period / period, so its state (Adam moments, step count) advances only when
-that level updates. A level with period 1 is plain training.
+A level's lr = base_lr * period**a, a = 0 / 0.5 / 1 for lr_scale = none / sqrt_period / period, and
+its optimizer state (Adam moments, step count) advances only when that level updates. Levels with the
+same period share one optimizer instance (state is per parameter, so nothing changes but the number
+of launches). A level with period 1 is plain training.
 
 Partial chunks at the end of a task: `flush()` is called after the last step of every task. Each
 level holding gradients of an unfinished chunk (fewer than C(l) steps) applies them then, combined
@@ -21,7 +22,7 @@ accuracy measured after a task reflects all of that task's gradients.
 Use it like an optimizer:  scheduler.zero_grad(); loss.backward(); scheduler.step().
 Works for any model exposing `levels()` and any torch optimizer; parameters may carry a seed axis.
 
-On CUDA, `capture_graphs()` records each level's full-chunk update (scale, optimizer step, zero the
+On CUDA, `capture_graphs()` records each group's full-chunk update (scale, optimizer step, zero the
 gradients) as a CUDA graph, replayed at every later update: one launch instead of dozens. Gradients
 are zeroed in place, never set to None, so their buffers stay where the graphs expect them.
 """
@@ -37,11 +38,23 @@ class Level:
     name: str
     params: list
     period: int
+    updates: int = 0               # optimizer steps taken by this level
+    updated_last_step: bool = False
+
+
+@dataclass
+class UpdateGroup:
+    """The levels sharing one period: always due together, so one optimizer (one launch) serves them.
+    The optimizer keeps state per parameter, so each level's state still advances only on its updates."""
+    period: int
+    levels: list
     optimizer: torch.optim.Optimizer
-    pending: int = 0     # gradients accumulated in the current chunk
-    updates: int = 0     # optimizer steps taken by this level
-    updated_last_step: bool = field(default=False)
-    graph: object = None  # torch.cuda.CUDAGraph of a full-chunk update, once captured
+    pending: int = 0               # gradients accumulated in the current chunk
+    graph: object = None           # torch.cuda.CUDAGraph of a full-chunk update, once captured
+
+    @property
+    def params(self):
+        return [p for level in self.levels for p in level.params]
 
 
 class CMSScheduler:
@@ -53,70 +66,79 @@ class CMSScheduler:
         if accumulate not in ("sum", "mean", "last"):
             raise ValueError(f"accumulate must be sum, mean or last, got {accumulate!r}")
         self.accumulate = accumulate
-        self.levels = [
-            Level(name, list(params), int(period), make_optimizer(list(params), base_lr * period ** LR_EXPONENT[lr_scale]))
-            for (name, params), period in zip(levels, periods)
-        ]
+        self.levels = [Level(name, list(params), int(period)) for (name, params), period in zip(levels, periods)]
+        self.groups = []
+        for period in sorted({lv.period for lv in self.levels}, reverse=True):
+            members = [lv for lv in self.levels if lv.period == period]
+            params = [p for lv in members for p in lv.params]
+            lr = base_lr * period ** LR_EXPONENT[lr_scale]
+            self.groups.append(UpdateGroup(period, members, make_optimizer(params, lr)))
         self.step_count = 0
 
     def zero_grad(self):
         """Before backward: `last` keeps only the newest gradient, so drop any pending one."""
         if self.accumulate == "last":
-            for level in self.levels:
-                _zero(level.params)
+            for group in self.groups:
+                _zero(group.params)
 
     def step(self):
         """After backward: count this step's gradient; update every level whose chunk is complete."""
         self.step_count += 1
-        for level in self.levels:
-            level.pending += 1
-            level.updated_last_step = level.pending == level.period
-            if level.updated_last_step:
-                self._apply(level)
+        for group in self.groups:
+            group.pending += 1
+            due = group.pending == group.period
+            for level in group.levels:
+                level.updated_last_step = due
+            if due:
+                self._apply(group)
 
     def flush(self):
         """Apply every unfinished chunk (end of a task; see the module docstring)."""
-        for level in self.levels:
-            level.updated_last_step = level.pending > 0
-            if level.pending:
-                self._apply(level)
+        for group in self.groups:
+            for level in group.levels:
+                level.updated_last_step = group.pending > 0
+            if group.pending:
+                self._apply(group)
 
     def reset(self):
         """Zero the step counters and drop pending (unapplied) gradients. Optimizer state is kept."""
         self.step_count = 0
+        for group in self.groups:
+            group.pending = 0
+            _zero(group.params)
         for level in self.levels:
-            level.pending = level.updates = 0
+            level.updates = 0
             level.updated_last_step = False
-            _zero(level.params)
 
     def due_levels(self):
         """Names of the levels that the next step() will update."""
-        return [lv.name for lv in self.levels if lv.pending + 1 == lv.period]
+        return [lv.name for g in self.groups if g.pending + 1 == g.period for lv in g.levels]
 
     def capture_graphs(self):
-        """Record every level's full-chunk update as a CUDA graph. Call once each level has updated
+        """Record every group's full-chunk update as a CUDA graph. Call once each level has updated
         at least once (its optimizer state exists) and every gradient buffer is allocated."""
         pool = torch.cuda.graph_pool_handle()
-        for level in self.levels:
-            if level.updates == 0 or any(p.grad is None for p in level.params):
-                raise RuntimeError(f"level {level.name} has not updated yet: capture after its first update")
-            level.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(level.graph, pool=pool):
-                self._update(level, level.period)
+        for group in self.groups:
+            if any(lv.updates == 0 for lv in group.levels) or any(p.grad is None for p in group.params):
+                raise RuntimeError(f"period-{group.period} levels have not updated yet: capture after their first update")
+            group.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(group.graph, pool=pool):
+                self._update(group, group.period)
 
-    def _apply(self, level):
-        if level.graph is not None and level.pending == level.period:
-            level.graph.replay()
+    def _apply(self, group):
+        if group.graph is not None and group.pending == group.period:
+            group.graph.replay()
         else:
-            self._update(level, level.pending)
-        level.pending = 0
-        level.updates += 1
+            self._update(group, group.pending)
+        group.pending = 0
+        for level in group.levels:
+            level.updates += 1
 
-    def _update(self, level, n_grads):
-        grads = [p.grad for p in level.params if p.grad is not None]
+    def _update(self, group, n_grads):
+        grads = [p.grad for p in group.params if p.grad is not None]
         if self.accumulate == "mean" and n_grads > 1:
             torch._foreach_div_(grads, n_grads)
-        level.optimizer.step()
+        group.optimizer.step()
         torch._foreach_zero_(grads)
 
 
