@@ -2,6 +2,7 @@
 check types and ranges, fill defaults. Every stage calls `load_params` before doing any work."""
 import difflib
 import math
+import re
 from pathlib import Path
 
 import yaml
@@ -58,6 +59,12 @@ def string(key, v):
     return v
 
 
+def device(key, v):
+    if not isinstance(v, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+        _fail(key, f"must be auto, cpu, cuda or cuda:<index>, got {v!r}")
+    return v
+
+
 def one_of(*choices):
     def check(key, v):
         if v not in choices:
@@ -110,7 +117,7 @@ SCHEMA = {
         "batch_size": positive_int,
         "train_subset": non_negative_int,
         "eval_split": one_of("test", "validation"),
-        "device": string,
+        "device": device,
         "tf32": boolean,
         "cuda_graphs": boolean,
     },
@@ -145,6 +152,22 @@ def _unknown(key, name, valid):
     close = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else ""
     _fail(f"{key}.{name}" if key else name, f"unknown key{hint} Valid keys: {', '.join(valid)}")
+
+
+def _like(key, v, default):
+    """An optimizer argument must have its default's type (an int for an int, a number for a float,
+    a list of as many numbers for a list)."""
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
+    if isinstance(default, bool):
+        return boolean(key, v)
+    if isinstance(default, int):
+        if not isinstance(v, int) or isinstance(v, bool):
+            _fail(key, f"must be an integer like the default {default!r}, got {v!r}")
+    elif number(default) and (not number(v) or not math.isfinite(v)):
+        _fail(key, f"must be a number like the default {default!r}, got {v!r}")
+    if isinstance(default, list) and (not isinstance(v, list) or len(v) != len(default) or not all(map(number, v))):
+        _fail(key, f"must be a list of {len(default)} numbers like the default {default!r}, got {v!r}")
+    return v
 
 
 def _section(key, raw, schema):
@@ -190,9 +213,10 @@ def _run(name, raw, params):
 
     defaults = OPTIMIZERS[run["optimizer"]].defaults
     args = dict(run["optimizer_args"] or {})
-    for arg in args:
+    for arg, value in args.items():
         if arg not in defaults:
             _unknown(f"{key}.optimizer_args", arg, defaults)
+        _like(f"{key}.optimizer_args.{arg}", value, defaults[arg])
     run["optimizer_args"] = {**defaults, **args}
 
     levels = MODELS[run["model"]].level_names(params["models"][run["model"]])

@@ -8,6 +8,17 @@ from pathlib import Path
 import numpy as np
 
 
+class WriteError(OSError):
+    """An output could not be written (read-only directory, disk full); the old file is untouched."""
+
+
+def _write_error(path, e):
+    err = WriteError(f"cannot write {path}: {e.strerror or e} (is the directory writable, is the disk "
+                     f"full?); the previous version, if any, is untouched")
+    err.errno = e.errno
+    return err
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
@@ -15,16 +26,18 @@ def atomic_path(path):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results unreadable to others
     except OSError as e:
-        raise OSError(f"cannot write {path}: {e.strerror or e} (is the directory writable, is the disk full?)") from e
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make results unreadable to others
+        raise _write_error(path, e) from e
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise _write_error(path, e) from e
         raise
 
 
@@ -59,19 +72,28 @@ def atomic_dir(path):
     import shutil
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp.chmod(0o755)
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # put the previous directory back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and not isinstance(e, WriteError):
+            raise _write_error(path, e) from e
         raise

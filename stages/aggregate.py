@@ -5,6 +5,7 @@ Writes results/metrics.json ({run: {metric: {mean, std, ci95_low, ci95_high}}}),
 """
 import pandas as pd
 
+from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.io import write_json, write_text
 from pmnist.metrics import aggregate, load_runs
@@ -28,4 +29,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

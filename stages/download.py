@@ -4,6 +4,7 @@ Mirrors: $MNIST_MIRROR first when set (a directory or an http/https/file URL), t
 """
 import os
 
+from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.data import download_mnist
 
@@ -16,4 +17,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

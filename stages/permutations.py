@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.data import make_permutations
 from pmnist.io import atomic_path
@@ -17,4 +18,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

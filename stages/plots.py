@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.metrics import load_runs
 from pmnist.plots import make_figures
@@ -26,4 +27,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.io import write_text
 from pmnist.report import make_report
@@ -22,4 +23,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

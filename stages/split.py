@@ -1,5 +1,6 @@
 """Stage `split`: a validation set carved from the training images, data/split.npz (train_idx, val_idx)."""
 
+from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.data import load_mnist, validation_split
 from pmnist.io import write_npz
@@ -14,4 +15,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -4,6 +4,7 @@ Every run against `stats.reference`, plus the optional `stats.comparisons` [run,
 """
 from pathlib import Path
 
+from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.io import write_json
 from pmnist.stats import TESTED, compare, comparison_pairs, load_summary, to_jsonable
@@ -31,4 +32,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main)

@@ -3,7 +3,7 @@
 Usage: python -m stages.train <run>     (one entry of `runs` in params.yaml)
 """
 import json
-import signal
+import shutil
 import sys
 import time
 
@@ -11,15 +11,11 @@ import numpy as np
 import torch
 from dvclive import Live
 
+from pmnist.cli import run_stage
 from pmnist.config import ConfigError, load_params
 from pmnist.data import load_mnist
 from pmnist.io import atomic_dir, write_npz
 from pmnist.train import build_run, graph_safe, resolve_device, train_continual
-
-
-def _terminate(signum, frame):
-    # Turn SIGTERM into an exception so the temp output directory is cleaned up on the way out.
-    raise SystemExit(f"stopped by signal {signum}: no results written for this run")
 
 
 def main(run_name):
@@ -27,9 +23,10 @@ def main(run_name):
     if run_name not in params["runs"]:
         raise ConfigError(f"unknown run {run_name!r}; runs in params.yaml: {', '.join(params['runs'])}")
     run, train, protocol = params["runs"][run_name], params["train"], params["protocol"]
-    signal.signal(signal.SIGTERM, _terminate)
-
-    device = resolve_device(train["device"])
+    try:
+        device = resolve_device(train["device"])
+    except ValueError as e:
+        raise ConfigError(f"params.yaml: train.device: {e}") from None
     torch.backends.cuda.matmul.allow_tf32 = train["tf32"]
     seeds = [protocol["seed"] + k for k in range(protocol["n_seeds"])]
 
@@ -45,8 +42,8 @@ def main(run_name):
         train_x, train_y = train_x[:train["train_subset"]], train_y[:train["train_subset"]]
     permutations = torch.from_numpy(np.load("data/permutations.npy", allow_pickle=False))
     if permutations.shape[:2] != (len(seeds), protocol["n_tasks"]):
-        raise ValueError(f"data/permutations.npy has shape {tuple(permutations.shape)}, params want "
-                         f"{len(seeds)} seeds x {protocol['n_tasks']} tasks: run `dvc repro permutations`")
+        raise ConfigError(f"data/permutations.npy has shape {tuple(permutations.shape)}, params want "
+                          f"{len(seeds)} seeds x {protocol['n_tasks']} tasks: run `dvc repro permutations`")
     to = lambda *ts: [t.to(device) for t in ts]
     train_x, train_y, eval_x, eval_y, permutations = to(train_x, train_y, eval_x, eval_y, permutations)
 
@@ -56,18 +53,28 @@ def main(run_name):
           f"epochs x {len(train_x)} images on {device}", flush=True)
     start = time.time()
     # Live metrics, one step per task, while the run goes: `dvc exp show` and `dvc plots show` read them.
-    with Live(dir=f"results/live/{run_name}", dvcyaml=None, save_dvc_exp=False) as live:
-        def on_task_end(task, accuracy_row, train_loss):
-            live.log_metric("average_accuracy_seen_pct", float(accuracy_row[:, :task + 1].mean() * 100))
-            live.log_metric("train_loss", float(train_loss[:, -1].mean()))
-            for j, acc in enumerate(accuracy_row.mean(0)):
-                live.log_metric(f"accuracy_pct/task_{j + 1}", float(acc * 100))
-            live.next_step()
+    live_dir = f"results/live/{run_name}"
+    try:
+        with Live(dir=live_dir, dvcyaml=None, save_dvc_exp=False) as live:
+            # Where the numbers come from, so hyperparameter selection can refuse test-set metrics.
+            live.log_metric("on_validation", int(train["eval_split"] == "validation"), plot=False)
+            live.log_metric("first_seed", seeds[0], plot=False)
+            live.log_metric("n_seeds", len(seeds), plot=False)
 
-        result = train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, seeds=seeds,
-                                 epochs=train["epochs"], batch_size=run["batch_size"], name=run_name,
-                                 cuda_graphs=train["cuda_graphs"] and graph_safe(run),
-                                 log=lambda line: print(line, flush=True), on_task_end=on_task_end)
+            def on_task_end(task, accuracy_row, train_loss):
+                live.log_metric("average_accuracy_seen_pct", float(accuracy_row[:, :task + 1].mean() * 100))
+                live.log_metric("train_loss", float(train_loss[:, -1].mean()))
+                for j, acc in enumerate(accuracy_row.mean(0)):
+                    live.log_metric(f"accuracy_pct/task_{j + 1}", float(acc * 100))
+                live.next_step()
+
+            result = train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, seeds=seeds,
+                                     epochs=train["epochs"], batch_size=run["batch_size"], name=run_name,
+                                     cuda_graphs=train["cuda_graphs"] and graph_safe(run),
+                                     log=lambda line: print(line, flush=True), on_task_end=on_task_end)
+    except BaseException:  # diverged, stopped or crashed: no metrics, live or final, for this run
+        shutil.rmtree(live_dir, ignore_errors=True)
+        raise
     seconds = time.time() - start
 
     final = result["accuracy"][:, -1, :].mean(1) * 100
@@ -86,4 +93,4 @@ def main(run_name):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m stages.train <run>")
-    main(sys.argv[1])
+    run_stage(main, sys.argv[1])

@@ -36,6 +36,16 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
+# Two runs instead of three (baseline + cms), larger learning rates so one tiny epoch learns something:
+# the shared base of the end-to-end tests (tests/test_pipeline.py, tests/test_experiments.py).
+TWO_RUNS = {
+    **TINY,
+    "runs": {"baseline": {"lr": 1e-3}, "cms": {"lr": 3e-3}, "cms_same_lr": DROP},
+    "stats": {**TINY["stats"], "comparisons": []},
+    "provenance": {"cms_same_lr": DROP},
+}
+
+
 def run(cmd, cwd, check=True, **kw):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, **kw)
@@ -59,6 +69,36 @@ def make_copy(dest: Path, overrides=TINY) -> Path:
     run(["git", "init", "-q"], dest)
     run(["git", "-c", "user.name=smoke", "-c", "user.email=smoke@localhost", "add", "-A"], dest)
     run(["git", "-c", "user.name=smoke", "-c", "user.email=smoke@localhost", "commit", "-qm", "tiny"], dest)
+    return dest
+
+
+def commit(repo: Path, message: str):
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", message], repo)
+
+
+_REPROS = {}
+
+
+def repro_copy(dest: Path, overrides=TWO_RUNS, timeout=900) -> Path:
+    """make_copy + `dvc repro` + a commit of dvc.lock and results/ on branch `main`, once per dest per
+    process (the end-to-end test modules share it; copy it with `clone_tree` before changing it)."""
+    dest = Path(dest)
+    if dest not in _REPROS:
+        os.environ.setdefault("MNIST_MIRROR", str(ROOT.parent / "shared" / "mnist"))
+        make_copy(dest, overrides)
+        run(["git", "branch", "-M", "main"], dest)
+        run(["git", "config", "user.name", "smoke"], dest)  # DVC commits experiments with the repo's identity
+        run(["git", "config", "user.email", "smoke@localhost"], dest)
+        _REPROS[dest] = run(["dvc", "repro"], dest, timeout=timeout).stdout
+        commit(dest, "repro")
+    return dest
+
+
+def clone_tree(src: Path, dest: Path) -> Path:
+    """A byte-for-byte copy of a repo copy (git history, DVC cache, workspace), minus DVC's tmp state."""
+    shutil.copytree(src, dest, symlinks=True)
+    shutil.rmtree(dest / ".dvc" / "tmp", ignore_errors=True)
     return dest
 
 

@@ -7,7 +7,7 @@ N = state_dim, M = memory_hidden:
     u_t = GELU(W_in x_t + b_in)                      x_t in R^P, u_t in R^H
     h_t = a * h_{t-1} + (1 - a) * (B u_t + b_B),     h_0 = 0, h_t in R^N, a = exp(-softplus(nu)) in (0, 1)
     y_t = GELU(C h_t + b_C + D * u_t)                y_t in R^H
-    z   = mean_t y_t                                 readout: mean over time of the nonlinear outputs
+    z   = max_t y_t                                  readout: max over time of the nonlinear outputs
     w   = softmax(level_logits)                      [3], order slow, medium, fast
     r   = z + sum_k w_k * MLP_k(z)                   MLP_k: H -> M -> H with ReLU (the memory levels)
     logits = W_head r + b_head
@@ -81,7 +81,7 @@ def _one_seed(p, hidden_dim, state_dim, memory_hidden, n_classes):
 
 class NestedSSM(nn.Module):
     CONFIG = {
-        "hidden_dim": (positive_int, 256),      # H: width of u_t, y_t, z and the memory MLP outputs
+        "hidden_dim": (positive_int, 256),      # H: width of u_t, y_t, z and of the memory MLP outputs
         "state_dim": (positive_int, 64),        # N: number of diagonal SSM states
         "sequence_length": (positive_int, 28),  # L: 28 (rows) or 784 (pixels); must divide 784
         "memory_hidden": (positive_int, 256),   # M: hidden width of each memory MLP
@@ -137,7 +137,8 @@ class NestedSSM(nn.Module):
     def forward(self, x, return_diagnostics=False):
         """x [S, B, 784] -> logits [S, B, 10]; with return_diagnostics also
         {"levels_updated": names the scheduler's next step() updates, "level_weights": [S, 3]}."""
-        z = self.core_sequence(x).mean(dim=2)                          # [S, B, H]
+        # max over time: "feature seen at some step"; learned clearly faster than the mean here
+        z = self.core_sequence(x).amax(dim=2)                          # [S, B, H]
         w = self.level_weights()
         memory = sum(w[:, k, None, None] * l2(torch.relu(l1(z))) for k, (l1, l2) in enumerate(self.mem))
         logits = self.head(z + memory)
