@@ -1,8 +1,8 @@
 """Pick each run's hyperparameters from a DVC experiment grid evaluated on validation data.
 
     dvc exp show --json > exps.json
-    python -m stages.select exps.json baseline cms            # print the table and the choice
-    python -m stages.select exps.json baseline cms --write    # also add runs.<run>_tuned to params.yaml
+    python -m stages.select --exps exps.json baseline cms            # print the table and the choice
+    python -m stages.select --exps exps.json baseline cms --write    # also add runs.<run>_tuned
 
 Not a pipeline stage: run it after a tuning grid (README, "Choosing hyperparameters"). --write copies
 the chosen experiment's settings of each run into `runs.<run>_tuned` and a `provenance` line (grid,
@@ -11,7 +11,6 @@ scores, seeds), editing params.yaml in place with comments kept.
 import argparse
 import json
 import os
-import sys
 
 from ruamel.yaml import YAML
 
@@ -22,7 +21,8 @@ from pmnist.selection import select, experiments
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("exp_show_json", help="output of `dvc exp show --json` ('-' for stdin)")
+    ap.add_argument("--exps", action="append", required=True, metavar="JSON",
+                    help="output of `dvc exp show --json` (repeat to pool grids run in several places)")
     ap.add_argument("runs", nargs="+", help="runs to select for")
     ap.add_argument("--write", action="store_true", help="add runs.<run>_tuned and its provenance to params.yaml")
     args = ap.parse_args()
@@ -30,8 +30,10 @@ def main():
     params = load_params()
     p = params["protocol"]
     reporting = range(p["seed"], p["seed"] + p["n_seeds"])
-    with (sys.stdin if args.exp_show_json == "-" else open(args.exp_show_json)) as f:
-        rows = experiments(json.load(f))
+    rows = []
+    for path in args.exps:
+        with open(path) as f:
+            rows += experiments(json.load(f))
     choices = [select(rows, run, reporting) for run in args.runs]
 
     for c in choices:
@@ -47,6 +49,8 @@ def main():
 
     yaml = YAML()
     yaml.preserve_quotes = True
+    yaml.indent(mapping=2, sequence=4, offset=2)  # the layout params.yaml is written in
+    yaml.width = 4096
     with open("params.yaml") as f:
         doc = yaml.load(f)
     for c in choices:

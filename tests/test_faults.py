@@ -3,6 +3,7 @@ leaves every existing output in data/ and results/ as it was (no half-written or
 
 Stages run in-process through pmnist.cli.run_stage, exactly as `python -m stages.<name>` runs them,
 in a temporary directory holding a params.yaml; the kill test runs `dvc repro` in a temp git+DVC copy."""
+import copy
 import errno
 import gzip
 import hashlib
@@ -51,7 +52,7 @@ def repo(tmp_path, monkeypatch):
 
     def write(overrides=None):
         raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
-        raw.update(runs=RUNS, provenance={})
+        raw.update(runs=copy.deepcopy(RUNS), provenance={})
         raw["stats"].update(reference="baseline", comparisons=[["cms", "cms_same_lr"]])
         raw = merge(raw, overrides or {})
         Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -1,5 +1,7 @@
 """The optimizer registry: Newton-Schulz, M3's fast branch, seed-batched equivalence, and a real
 check that every update rule learns one MNIST task."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -72,6 +74,126 @@ def test_seed_batched_equals_one_seed_at_a_time(name):
         alone = run(W[s : s + 1], b[s : s + 1], [(gW[s : s + 1], gb[s : s + 1]) for gW, gb in grads])
         for x, y in zip(together, alone):
             torch.testing.assert_close(x[s : s + 1], y, atol=1e-5, rtol=1e-4)
+
+
+GRAPH_SAFE = [name for name, spec in OPTIMIZERS.items() if spec.graph_safe]
+
+
+def _graph_test_setup(name, device="cpu", steps=7):
+    """Two parameters (a matrix, a vector; 2 seeds), the optimizer, and fixed synthetic gradients.
+    M3 runs with frequency 3, so the steps after the first cross chunk boundaries at t = 3 and 6."""
+    torch.manual_seed(0)
+    params = [(torch.randn(2, 8, 12) * 0.1).to(device).requires_grad_(),
+              (torch.randn(2, 8) * 0.1).to(device).requires_grad_()]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(steps)]
+    args = {**OPTIMIZERS[name].defaults, **({"frequency": 3} if name == "m3" else {})}
+    return params, grads, build_optimizer(name, params, 0.01, args)
+
+
+def _set_grads(params, grads):
+    """Write the gradients into the existing .grad buffers in place (where a CUDA graph reads them)."""
+    for p, g in zip(params, grads):
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
+
+
+def _python_state(opt):
+    """Everything in the optimizer state a CUDA graph cannot follow: non-tensor values as they are,
+    tensors by identity and storage (a replayed graph writes into the storage captured)."""
+    def desc(v):
+        if torch.is_tensor(v):
+            return ("tensor", id(v), v.data_ptr(), v.dtype, tuple(v.shape), v.device)
+        if isinstance(v, (list, tuple)):
+            return (type(v).__name__, tuple(desc(x) for x in v))
+        return v
+    return {i: {k: desc(v) for k, v in opt.state[p].items()}
+            for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+
+
+def _no_sync(*args, **kwargs):
+    raise AssertionError("optimizer step() reads a tensor value on the host (a device sync; baked into a graph)")
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_step_is_graph_replayable_python_path_and_state_are_fixed(name, monkeypatch):
+    """CPU proxy for CUDA-graph safety. After the first (eager) step, every step must run the same
+    Python code path (no branch on a step count or a value: recorded line by line), leave the
+    state's Python values and tensor storages unchanged, and never read a tensor on the host; and
+    these 7 steps must equal 7 plain eager steps."""
+    import sys
+
+    ref_params, grads, ref_opt = _graph_test_setup(name)
+    for gs in grads:
+        _set_grads(ref_params, gs)
+        ref_opt.step()
+
+    params, grads, opt = _graph_test_setup(name)
+    _set_grads(params, grads[0])
+    opt.step()                                    # first step: creates the state, eagerly
+    state, paths = _python_state(opt), []
+    optim_dir = str(Path(__file__).resolve().parents[1] / "pmnist" / "optim")
+
+    def tracer(frame, event, arg):
+        if frame.f_code.co_filename.startswith(optim_dir):
+            paths[-1].append((frame.f_code.co_filename, frame.f_lineno, event))
+            return tracer
+        return None
+
+    for attr in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, attr, _no_sync)
+    for gs in grads[1:]:
+        _set_grads(params, gs)
+        paths.append([])
+        previous = sys.gettrace()
+        sys.settrace(tracer)
+        try:
+            opt.step()
+        finally:
+            sys.settrace(previous)
+        assert _python_state(opt) == state, "step() changed a Python value or reallocated a state tensor"
+    monkeypatch.undo()
+    assert paths[0] and all(p == paths[0] for p in paths), "step() took a different Python path on a later step"
+    for x, y in zip(params, ref_params):
+        torch.testing.assert_close(x.detach(), y.detach(), atol=0, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", GRAPH_SAFE)
+def test_cuda_graph_replays_equal_eager_steps(name):
+    """One eager step, then optimizer.step() captured in a CUDA graph: N replays (gradients written
+    into .grad in place before each) must equal N eager steps of an identical clone."""
+    n = 7
+    params, grads, opt = _graph_test_setup(name, "cuda", steps=n + 1)
+    clone = [p.detach().clone().requires_grad_() for p in params]
+    args = {**OPTIMIZERS[name].defaults, **({"frequency": 3} if name == "m3" else {})}
+    eager = build_optimizer(name, clone, 0.01, args)
+    for ps, o in ((params, opt), (clone, eager)):
+        _set_grads(ps, grads[0])
+        o.step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    snapshot = [p.detach().clone() for p in params]
+    state = {i: {k: (v.clone() if torch.is_tensor(v) else [w.clone() for w in v] if isinstance(v, list) else v)
+                 for k, v in opt.state[p].items()} for i, p in enumerate(params)}
+    with torch.cuda.graph(graph):
+        opt.step()                                # recorded; capture itself runs no kernels
+    torch.cuda.synchronize()
+    for p, x in zip(params, snapshot):           # capture must not have moved anything
+        assert torch.equal(p.detach(), x)
+    for i, p in enumerate(params):
+        for k, v in opt.state[p].items():
+            if torch.is_tensor(v):
+                assert torch.equal(v, state[i][k]), (k, "changed by capture")
+    for t in range(1, n + 1):
+        _set_grads(params, grads[t])
+        graph.replay()
+        _set_grads(clone, grads[t])
+        eager.step()
+        torch.cuda.synchronize()
+        for x, y in zip(params, clone):
+            torch.testing.assert_close(x.detach(), y.detach(), atol=1e-6, rtol=1e-5, msg=f"{name} replay {t}")
 
 
 def test_params_without_grad_are_skipped():

@@ -38,7 +38,7 @@ def _train(params, mnist, run, device, cuda_graphs, n_images=3000):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("run_name", ["baseline", "cms"])
+@pytest.mark.parametrize("run_name", ["baseline", "cms", "nested_ssm"])
 @pytest.mark.parametrize("accumulate", ["sum", "mean", "last"])
 def test_cuda_graphs_match_eager(mnist, params, run_name, accumulate):
     run = {**params["runs"][run_name], "accumulate": accumulate}

@@ -38,13 +38,13 @@ OPTIMIZERS = {
     "sgd": OptimizerSpec(_sgd, {"momentum": 0.9}, graph_safe=True),
     "adam": OptimizerSpec(_adam, {"betas": [0.9, 0.999], "eps": 1e-8}, graph_safe=True),
     "muon": OptimizerSpec(Muon, {"momentum": 0.95, "nesterov": True, "ns_steps": 5,
-                                 "adam_betas": [0.9, 0.999], "eps": 1e-8}),
+                                 "adam_betas": [0.9, 0.999], "eps": 1e-8}, graph_safe=True),
     "m3": OptimizerSpec(M3, {"m1": 0.9, "m2": 0.45, "v1": 0.9, "alpha": 0.5, "frequency": 2,
-                             "ns_steps": 5, "eps": 1e-8}),
-    "deep_momentum": OptimizerSpec(DeepMomentum, _DEEP_MOMENTUM),
+                             "ns_steps": 5, "eps": 1e-8}, graph_safe=True),
+    "deep_momentum": OptimizerSpec(DeepMomentum, _DEEP_MOMENTUM, graph_safe=True),
     "adaptive_deep_momentum": OptimizerSpec(
         lambda params, lr, **args: DeepMomentum(params, lr, adaptive=True, **args),
-        {**_DEEP_MOMENTUM, "beta2": 0.999, "eps": 1e-8}),
+        {**_DEEP_MOMENTUM, "beta2": 0.999, "eps": 1e-8}, graph_safe=True),
 }
 
 

@@ -25,9 +25,15 @@ with use_delta_rule: true the memory never moves and the rule is exactly SGD (or
 The dot-product objective is linear in phi, hence unbounded: it keeps amplifying phi along x (a
 growing effective step size); memory_decay (theta shrinks towards 0, i.e. phi towards the identity)
 keeps that bounded.
+
+CUDA-graph safe: the memory weights, v and the step count t are device tensors created on the first
+step and updated in place (the inner gradient step included: autograd.grad, no Python branch on any
+value, no sync), so a CUDA graph may replay step().
 """
 import torch
 import torch.nn.functional as F
+
+from pmnist.optim.muon import step_counter
 
 
 def _init_memory(n_seeds, hidden_dim, num_layers, device):
@@ -70,9 +76,11 @@ class DeepMomentum(torch.optim.Optimizer):
                     continue
                 st = self.state[p]
                 if not st:
-                    st["t"] = 0
+                    st["t"] = step_counter(p)
                     st["memory"] = _init_memory(p.shape[0], group["hidden_dim"], group["num_layers"], p.device)
-                st["t"] += 1
+                    if group["adaptive"]:
+                        st["exp_avg_sq"] = torch.zeros_like(p)
+                st["t"].add_(1)
                 g = p.grad.reshape(p.shape[0], -1).float()
                 s = g.pow(2).mean(1, keepdim=True).sqrt()
                 x = g / s.clamp_min(1e-30)
@@ -87,7 +95,7 @@ class DeepMomentum(torch.optim.Optimizer):
                     w.requires_grad_(False).mul_(1 - group["memory_decay"]).sub_(dw, alpha=group["inner_lr"])
                 update = (s * _phi(memory, x)).view_as(p).to(p.dtype)
                 if group["adaptive"]:
-                    v = st.setdefault("exp_avg_sq", torch.zeros_like(p))
+                    v = st["exp_avg_sq"]
                     v.mul_(group["beta2"]).addcmul_(p.grad, p.grad, value=1 - group["beta2"])
                     update = update / ((v / (1 - group["beta2"] ** st["t"])).sqrt() + group["eps"])
                 p.sub_(group["lr"] * update)

@@ -22,9 +22,15 @@ Why the second moment divides *before* NS: the paper writes (O1 + alpha O2) / (s
 NS mixes coordinates, so a coordinate with a near-zero gradient (an MNIST pixel that is rarely on)
 gets an O(1/sqrt(cols)) entry divided by ~|g| ~ 0: on the reference MLP that form diverged at every
 lr tried (1e-3 ... 1e-6). Preconditioning first keeps the update's spectral norm ~lr, as in Muon.
+
+CUDA-graph safe: t and k are device tensors advanced in place, and the every-f-steps branch is
+branchless (boundary = (t mod f == 0) selects, via torch.where, the new M2, the reset chunk sum and a
+freshly computed O2, else keeps the old ones), so a graph captured at any step replays every step
+correctly. The cost: the slow branch's Newton-Schulz runs every step, not every f-th.
 """
 import torch
 
+from pmnist.optim.muon import step_counter
 from pmnist.optim.newton_schulz import is_matrix, orthogonalise
 
 
@@ -44,20 +50,23 @@ class M3(torch.optim.Optimizer):
                     continue
                 g, s = p.grad, self.state[p]
                 if not s:
-                    s.update(t=0, k=0, M1=torch.zeros_like(g), V=torch.zeros_like(g), M2=torch.zeros_like(g),
-                             chunk=torch.zeros_like(g), O2=torch.zeros_like(g))
-                s["t"] += 1
-                t = s["t"]
+                    s.update(t=step_counter(g), k=step_counter(g), M1=torch.zeros_like(g), V=torch.zeros_like(g),
+                             M2=torch.zeros_like(g), chunk=torch.zeros_like(g), O2=torch.zeros_like(g))
+                t, k = s["t"], s["k"]
                 orth = (lambda P: orthogonalise(P, ns)) if is_matrix(p) else (lambda P: P)
+                t.add_(1)
                 s["M1"].lerp_(g, 1 - m1)
                 s["V"].mul_(v1).addcmul_(g, g, value=1 - v1)
                 s["chunk"].add_(g)
                 denom = (s["V"] / (1 - v1 ** t)).sqrt_().add_(group["eps"])
-                if t % f == 0:
-                    s["k"] += 1
-                    s["M2"].lerp_(s["chunk"], 1 - m2)
-                    s["chunk"].zero_()
-                    s["O2"] = orth(s["M2"] / ((1 - m2 ** s["k"]) * f) / denom)
+                # the slow branch, branchless: computed every step, kept only where a chunk completes
+                boundary = torch.remainder(t, f) == 0                      # t = k f
+                k.add_(boundary.to(k.dtype))
+                s["M2"].copy_(torch.where(boundary, s["M2"].lerp(s["chunk"], 1 - m2), s["M2"]))
+                s["chunk"].masked_fill_(boundary, 0)
+                # k = 0 only before the first boundary, where M2 = 0: clamping keeps P2 = 0 (not 0/0)
+                p2 = s["M2"] / ((1 - m2 ** k.clamp_min(1)) * f) / denom
+                s["O2"].copy_(torch.where(boundary, orth(p2), s["O2"]))
                 o1 = orth(s["M1"] / (1 - m1 ** t) / denom)
                 r = max(1.0, p.shape[1] / p[0, 0].numel()) ** 0.5 if is_matrix(p) else 1.0
                 p.sub_(group["lr"] * r * (o1 + group["alpha"] * s["O2"]))

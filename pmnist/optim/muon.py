@@ -10,19 +10,31 @@ NS(U) has spectral norm ~1 whatever the gradient scale, so lr is the step size i
 (typical lr ~0.02). Biases and other vectors (ndim <= 2 here) take an Adam step with the same lr:
 
     m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2,  p <- p - lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
+
+CUDA-graph safe: all state (buffers, Adam's step count t) lives in device tensors created on the first
+step and updated in place; step() never branches in Python on a step count or a value and never syncs.
 """
 import torch
 
 from pmnist.optim.newton_schulz import is_matrix, orthogonalise
 
 
+def step_counter(like):
+    """A step count t as a 0-dim float64 tensor on `like`'s device: advanced in place (t.add_(1)) and
+    used in bias corrections as a tensor (1 - beta ** t), so a CUDA graph replaying step() sees the
+    current count instead of the Python value read at capture. float64 counts exactly (t < 2^53) and
+    keeps 1 - beta ** t as precise as the Python float it replaces; the 0-dim tensor does not promote
+    the float32 tensors it scales."""
+    return torch.zeros((), dtype=torch.float64, device=like.device)
+
+
 def adam_direction(state, g, betas, eps):
-    """Adam's bias-corrected step direction for g; keeps m, v, t in `state`."""
+    """Adam's bias-corrected step direction for g; keeps m, v, t in `state` (all device tensors)."""
     b1, b2 = betas
     if "exp_avg" not in state:
-        state["t"], state["exp_avg"], state["exp_avg_sq"] = 0, torch.zeros_like(g), torch.zeros_like(g)
-    state["t"] += 1
+        state["t"], state["exp_avg"], state["exp_avg_sq"] = step_counter(g), torch.zeros_like(g), torch.zeros_like(g)
     t, m, v = state["t"], state["exp_avg"], state["exp_avg_sq"]
+    t.add_(1)
     m.lerp_(g, 1 - b1)
     v.mul_(b2).addcmul_(g, g, value=1 - b2)
     return (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
@@ -44,7 +56,9 @@ class Muon(torch.optim.Optimizer):
                 if not is_matrix(p):
                     p.sub_(lr * adam_direction(state, g, group["adam_betas"], group["eps"]))
                     continue
-                buf = state.setdefault("momentum_buffer", torch.zeros_like(g))
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
                 buf.mul_(mu).add_(g)
                 u = g.add(buf, alpha=mu) if group["nesterov"] else buf
                 rows, cols = p.shape[1], p[0, 0].numel()
