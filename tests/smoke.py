@@ -1,5 +1,6 @@
 """The whole pipeline on a tiny config in a temporary copy of the repo: `make smoke` (or
 `python tests/smoke.py`), offline when MNIST_MIRROR is set. Also the core of the end-to-end tests."""
+import atexit
 import os
 import shutil
 import subprocess
@@ -36,14 +37,20 @@ def merge(base: dict, override: dict) -> dict:
     return out
 
 
-# Two runs instead of three (baseline + cms), larger learning rates so one tiny epoch learns something:
-# the shared base of the end-to-end tests (tests/test_pipeline.py, tests/test_experiments.py).
-TWO_RUNS = {
-    **TINY,
-    "runs": {"baseline": {"lr": 1e-3}, "cms": {"lr": 3e-3}, "cms_same_lr": DROP},
-    "stats": {**TINY["stats"], "comparisons": []},
-    "provenance": {"cms_same_lr": DROP},
-}
+def only_runs(lrs: dict, overrides=TINY) -> dict:
+    """overrides + keep only the runs named in lrs (run -> lr), dropping every other run of params.yaml
+    with its provenance and comparisons (so the copy stays small however many runs the study has)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    drop = {name: DROP for name in params["runs"] if name not in lrs}
+    return {**overrides,
+            "runs": {**drop, **{name: {"lr": lr} for name, lr in lrs.items()}},
+            "stats": {**overrides.get("stats", {}), "reference": next(iter(lrs)), "comparisons": []},
+            "provenance": {name: DROP for name in params.get("provenance") or {} if name not in lrs}}
+
+
+# The shared base of the end-to-end tests (tests/test_pipeline.py, tests/test_experiments.py): baseline +
+# cms only, with larger learning rates so one tiny epoch learns something.
+TWO_RUNS = {"baseline": 1e-3, "cms": 3e-3}
 
 
 def run(cmd, cwd, check=True, **kw):
@@ -78,15 +85,26 @@ def commit(repo: Path, message: str):
 
 
 _REPROS = {}
+_TMP = []
 
 
-def repro_copy(dest: Path, overrides=TWO_RUNS, timeout=900) -> Path:
+def shared_tmp() -> Path:
+    """One temporary directory per process for the end-to-end tests, removed at exit (kept when
+    PMNIST_KEEP_TMP is set). Not pytest's tmp_path: other pytest sessions on the machine rotate those away."""
+    if not _TMP:
+        _TMP.append(Path(tempfile.mkdtemp(prefix="pmnist-e2e-")))
+        if not os.environ.get("PMNIST_KEEP_TMP"):
+            atexit.register(shutil.rmtree, _TMP[0], ignore_errors=True)
+    return _TMP[0]
+
+
+def repro_copy(dest: Path, overrides=None, timeout=1200) -> Path:
     """make_copy + `dvc repro` + a commit of dvc.lock and results/ on branch `main`, once per dest per
     process (the end-to-end test modules share it; copy it with `clone_tree` before changing it)."""
     dest = Path(dest)
     if dest not in _REPROS:
         os.environ.setdefault("MNIST_MIRROR", str(ROOT.parent / "shared" / "mnist"))
-        make_copy(dest, overrides)
+        make_copy(dest, only_runs(TWO_RUNS) if overrides is None else overrides)
         run(["git", "branch", "-M", "main"], dest)
         run(["git", "config", "user.name", "smoke"], dest)  # DVC commits experiments with the repo's identity
         run(["git", "config", "user.email", "smoke@localhost"], dest)

@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import re
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,9 +24,14 @@ GRID = (1e-3, 6e-3)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    base = smoke.repro_copy(tmp_path_factory.getbasetemp() / "tiny-base")
-    dest = smoke.clone_tree(base, tmp_path_factory.mktemp("experiments") / "repo")
+def tmp():
+    return Path(tempfile.mkdtemp(prefix="experiments-", dir=smoke.shared_tmp()))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp):
+    base = smoke.repro_copy(smoke.shared_tmp() / "tiny-base")
+    dest = smoke.clone_tree(base, tmp / "repo")
     yield dest
     run(["dvc", "queue", "stop", "--kill"], dest, check=False, timeout=60)  # no worker outlives the tests
 
@@ -160,7 +167,7 @@ def test_grid_in_the_queue_then_apply_the_best(repo, state):
     state["tuned_lr"] = lr
 
 
-def test_branch_comparison(repo, state, tmp_path):
+def test_branch_comparison(repo, state, tmp):
     assert "tuned_lr" in state, "needs test_grid_in_the_queue_then_apply_the_best"
     old_lr = yaml.safe_load(run(["git", "show", "main:params.yaml"], repo).stdout)["runs"]["cms"]["lr"]
     run(["git", "checkout", "-q", "-b", "tuned-cms-lr"], repo)
@@ -180,20 +187,20 @@ def test_branch_comparison(repo, state, tmp_path):
     assert not plots.get("errors"), plots["errors"]
     curve = plots["data"]["results/curves/cms.csv"][0]
     assert set(curve["revisions"]) == {"main", "workspace"}
-    out = dvc(repo, "plots", "diff", "main", "-o", str(tmp_path / "plots"))
-    assert (tmp_path / "plots" / "index.html").stat().st_size > 1000, out
+    out = dvc(repo, "plots", "diff", "main", "-o", str(tmp / "plots"))
+    assert (tmp / "plots" / "index.html").stat().st_size > 1000, out
     run(["git", "checkout", "-q", "main"], repo)
     dvc(repo, "checkout")
     assert dvc(repo, "status").strip() == "Data and pipelines are up to date."
 
 
-def test_shared_cache_push_clone_pull(repo, tmp_path):
-    remote, clone = tmp_path / "dvc-remote", tmp_path / "clone"
+def test_shared_cache_push_clone_pull(repo, tmp):
+    remote, clone = tmp / "dvc-remote", tmp / "clone"
     dvc(repo, "remote", "add", "-d", "local", str(remote))
     smoke.commit(repo, "DVC remote: a local directory")
     assert "files pushed" in dvc(repo, "push")
 
-    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp)
     assert not (clone / "data" / "mnist").exists()
     assert dvc(clone, "status", "--json").strip() != "{}"  # data missing before the pull
     assert "fetched" in dvc(clone, "pull")

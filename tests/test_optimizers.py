@@ -205,16 +205,27 @@ def test_params_without_grad_are_skipped():
         assert torch.equal(q.detach(), torch.ones(1, 4)) and not torch.equal(p.detach(), torch.ones(1, 4, 4))
 
 
-# (lr, training images) per optimizer: one epoch, batch 128, reaches >= 90 % test accuracy. The deep
-# momentum memory starts as the identity (plain SGD / RMSprop, no momentum yet), so it gets 40k images.
-BUDGET = {"sgd": (0.1, 20000), "adam": (2e-3, 20000), "muon": (0.02, 20000), "m3": (0.02, 20000),
-          "deep_momentum": (0.4, 40000), "adaptive_deep_momentum": (2e-3, 40000)}
+# (lr, training images) per optimizer: one epoch, batch 128, reaches >= 90 % test accuracy (seed 0;
+# measured: sgd 0.923, adam 0.924, muon 0.923, m3 0.921, deep_momentum 0.936, adaptive 0.921). The deep
+# momentum memory starts as the identity (plain SGD / RMSprop, no momentum yet), so it needs more images.
+BUDGET = {"sgd": (0.1, 20000), "adam": (2e-3, 20000), "muon": (0.02, 10000), "m3": (0.02, 10000),
+          "deep_momentum": (0.4, 40000), "adaptive_deep_momentum": (2e-3, 30000)}
 # The memory MLP runs over every gradient coordinate (~200k), the CPU cost of these tests: narrower here.
 TEST_ARGS = {"deep_momentum": {"hidden_dim": 4}, "adaptive_deep_momentum": {"hidden_dim": 4}}
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, two OpenMP threads contending with other
+    processes ran these small matmuls (Newton-Schulz, the MLP) ~5x slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
-def test_every_optimizer_learns_one_mnist_task(name, mnist):
+def test_every_optimizer_learns_one_mnist_task(name, mnist, one_thread):
     from pmnist.train import train_continual
 
     train_x, train_y, test_x, test_y = mnist

@@ -4,6 +4,8 @@ the repo (offline, from the MNIST mirror), every output checked, then what rerun
 The repro'd copy is shared with tests/test_experiments.py (tests/smoke.py: repro_copy)."""
 import json
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,15 +22,15 @@ ALL_STAGES = {"download", "permutations", "split", *(f"train@{r}" for r in RUNS)
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base():
     """The repro'd tiny copy (read-only here)."""
-    return smoke.repro_copy(tmp_path_factory.getbasetemp() / "tiny-base")
+    return smoke.repro_copy(smoke.shared_tmp() / "tiny-base")
 
 
 @pytest.fixture(scope="module")
-def work(base, tmp_path_factory):
+def work(base):
     """A private copy of it for the rerun checks, which edit params.yaml."""
-    return smoke.clone_tree(base, tmp_path_factory.mktemp("pipeline") / "repo")
+    return smoke.clone_tree(base, Path(tempfile.mkdtemp(prefix="pipeline-", dir=smoke.shared_tmp())) / "repo")
 
 
 def ran_stages(output: str) -> set:

@@ -38,8 +38,9 @@ def _train(params, mnist, run, device, cuda_graphs, n_images=3000):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("run_name", ["baseline", "cms", "nested_ssm"])
-@pytest.mark.parametrize("accumulate", ["sum", "mean", "last"])
+@pytest.mark.parametrize("run_name, accumulate", [
+    ("baseline", "sum"), ("cms", "sum"), ("cms", "mean"), ("cms", "last"), ("nested_ssm", "sum"),
+    ("muon", "sum"), ("m3", "sum"), ("deep_momentum", "sum")])
 def test_cuda_graphs_match_eager(mnist, params, run_name, accumulate):
     run = {**params["runs"][run_name], "accumulate": accumulate}
     eager = _train(params, mnist, run, torch.device("cuda"), cuda_graphs=False)
