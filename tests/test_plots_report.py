@@ -29,7 +29,7 @@ def study(tmp_path, monkeypatch):
     raw["protocol"].update(n_seeds=S, n_tasks=T)
     raw["stats"]["bootstrap_resamples"] = 200
     raw["plots"]["dpi"] = 40
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     rng = np.random.default_rng(0)
     forget = {"baseline": 0.2, "cms": 0.1, "cms_same_lr": 0.1}
     for run in [*raw["runs"], "removed_run"]:  # removed_run: a stale directory, must be ignored
