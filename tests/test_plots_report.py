@@ -60,7 +60,9 @@ def test_stages_end_to_end(study):
         assert len(pd.read_csv(res / "forgetting" / f"{run}.csv")) == T - 1
     stats = json.loads((res / "stats.json").read_text())
     pairs = [(c["run"], c["control"]) for c in stats["comparisons"]]
-    assert pairs == [(r, "baseline") for r in runs if r != "baseline"]
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    extra = [tuple(p) for p in raw["stats"]["comparisons"]]
+    assert pairs == [(r, "baseline") for r in runs if r != "baseline"] + extra
 
     pngs = sorted((res / "figures").glob("*.png"))
     assert len(pngs) == 2 + len(runs) + len(pairs)
@@ -75,7 +77,8 @@ def test_stages_end_to_end(study):
         assert f"(figures/{png.name})" in report
     assert "removed_run" not in report
     assert "cms forgets less than baseline" in report  # 0.1 vs 0.2 per task: a clear difference
-    assert "reference repository's values" in report
+    for run in runs:  # how each run's hyperparameters were chosen
+        assert raw.get("provenance", {}).get(run, "reference repository's values") in report
 
 
 def test_one_seed(study):
