@@ -6,9 +6,10 @@ import sys
 
 from pmnist.config import ConfigError
 from pmnist.data import DownloadError
+from pmnist.selection import SelectionError
 from pmnist.train import DivergenceError
 
-KNOWN_ERRORS = (ConfigError, DownloadError, DivergenceError, OSError)
+KNOWN_ERRORS = (ConfigError, DownloadError, DivergenceError, SelectionError, OSError)
 
 
 class Stopped(BaseException):

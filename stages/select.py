@@ -10,12 +10,12 @@ scores, seeds), editing params.yaml in place with comments kept.
 """
 import argparse
 import json
-import os
 
 from ruamel.yaml import YAML
 
 from pmnist.cli import run_stage
 from pmnist.config import load_params
+from pmnist.io import atomic_path
 from pmnist.selection import select, experiments
 
 
@@ -63,10 +63,10 @@ def main():
             f"selected by stages/select.py: best of lr grid {lrs} by final average accuracy on the validation split "
             f"({c['score']:.2f}%), tuning seeds {seed}..{seed + n_seeds - 1}, {best['train']['epochs']} epochs per task")
         print(f"runs.{c['run']}_tuned <- {c['best']['name']}: {dict(settings)}")
-    with open("params.yaml.tmp", "w") as f:
-        yaml.dump(doc, f)
-    load_params("params.yaml.tmp")  # never write params.yaml that does not validate
-    os.replace("params.yaml.tmp", "params.yaml")
+    with atomic_path("params.yaml") as tmp:
+        with open(tmp, "w") as f:
+            yaml.dump(doc, f)
+        load_params(tmp)  # never write a params.yaml that does not validate
 
 
 if __name__ == "__main__":

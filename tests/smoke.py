@@ -53,9 +53,13 @@ def only_runs(lrs: dict, overrides=TINY) -> dict:
 TWO_RUNS = {"baseline": 1e-3, "cms": 3e-3}
 
 
+def venv_env():
+    """The environment with this interpreter's bin/ (dvc, python) first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
 def run(cmd, cwd, check=True, **kw):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True, **kw)
+    result = subprocess.run(cmd, cwd=cwd, env=venv_env(), text=True, capture_output=True, **kw)
     if check and result.returncode:
         raise RuntimeError(f"{' '.join(map(str, cmd))} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -125,7 +129,7 @@ def main():
     dest = make_copy(Path(tempfile.mkdtemp(prefix="pmnist-smoke-")) / "repo")
     print(f"smoke: tiny pipeline in {dest} (MNIST_MIRROR={os.environ['MNIST_MIRROR']})", flush=True)
     start = time.time()
-    proc = subprocess.run(["dvc", "repro"], cwd=dest, env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    proc = subprocess.run(["dvc", "repro"], cwd=dest, env=venv_env())
     if proc.returncode:
         sys.exit(f"smoke: dvc repro failed ({proc.returncode}); see the output above")
     print(f"smoke: ok in {time.time() - start:.0f}s; results in {dest / 'results'} (report: {dest / 'results' / 'report.md'})")
