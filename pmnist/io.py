@@ -60,6 +60,14 @@ def write_npz(path, **arrays):
             np.savez(f, **arrays)
 
 
+def require_file(path, hint="run the stage that writes it first (dvc repro)") -> Path:
+    """`path` as a Path if it is a file, else a FileNotFoundError naming it and what writes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {hint}")
+    return path
+
+
 def read_npz(path) -> dict:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}

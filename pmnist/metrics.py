@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as st
 
-from pmnist.io import read_npz
+from pmnist.io import read_npz, require_file
 
 # name -> (plain-language label, higher is better). The stats and report stages use the same names.
 METRICS = {
@@ -137,9 +137,8 @@ def load_runs(runs_dir, run_names, n_seeds, n_tasks):
     for run in run_names:
         seeds = []
         for k in range(n_seeds):
-            path = Path(runs_dir) / run / f"seed_{k}.npz"
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing; the train stage writes it for run '{run}', seed {k}")
+            path = require_file(Path(runs_dir) / run / f"seed_{k}.npz",
+                                f"the train stage writes it for run '{run}', seed {k}")
             z = read_npz(path)
             expect = {"accuracy": (n_tasks, n_tasks), "untrained_accuracy": (n_tasks,), "seed": ()}
             for key, shape in expect.items():

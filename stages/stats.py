@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pmnist.cli import run_stage
 from pmnist.config import load_params
-from pmnist.io import write_json
+from pmnist.io import require_file, write_json
 from pmnist.stats import TESTED, compare, comparison_pairs, load_summary, to_jsonable
 
 SUMMARY = Path("results/summary.csv")
@@ -14,9 +14,7 @@ SUMMARY = Path("results/summary.csv")
 
 def main():
     s = load_params()["stats"]
-    if not SUMMARY.is_file():
-        raise FileNotFoundError(f"{SUMMARY}: missing; the aggregate stage writes it")
-    values, seeds = load_summary(SUMMARY)
+    values, seeds = load_summary(require_file(SUMMARY, "the aggregate stage writes it"))
     pairs = comparison_pairs(values, s["reference"], s["comparisons"])
     comparisons = compare(values, pairs, TESTED, s["bootstrap_resamples"], s["seed"])
     write_json("results/stats.json", to_jsonable({
