@@ -3,7 +3,15 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PY      := .venv/bin/python
 VENV    := .venv/.installed
 
-.PHONY: setup repro test smoke bench clean-venv
+# A relative MNIST_MIRROR means relative to where it was set: make it absolute once, here, so the
+# stages and the tests (which run elsewhere) see the same directory.
+ifneq ($(strip $(MNIST_MIRROR)),)
+  ifeq ($(findstring ://,$(MNIST_MIRROR)),)
+    export MNIST_MIRROR := $(abspath $(MNIST_MIRROR))
+  endif
+endif
+
+.PHONY: setup repro test smoke bench
 
 $(VENV): requirements.txt
 	python3 -m venv .venv

@@ -1,56 +1,85 @@
 """Where a training step's time goes: torch.profiler over a few hundred steps of one run.
 
-    python bench/profile_step.py [--run cms] [--device auto] [--steps 300] [--no-graphs]
+    python bench/profile_step.py [--run cms] [--device auto] [--seeds 10] [--steps 300] [--no-graphs]
+                                 [--no-flat] [--arg KEY=VALUE ...] [--no-profile]
+
+--no-flat builds the CMS scheduler without flat buffers (per-tensor parameters, gradients and
+optimizer: the layout before flat buffers), --arg overrides one of the run's optimizer_args (e.g.
+--arg ns_dtype=float32), so variants can be timed back to back on one machine. The last line is
+machine-readable:  RESULT run=... device=... graphs=... flat=... args=... us_per_step=...
 """
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
 
 import torch
+import yaml
 from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+import pmnist.train as train  # noqa: E402
 from pmnist.config import load_params  # noqa: E402
 from pmnist.data import make_permutations  # noqa: E402
-from pmnist.train import TrainStep, build_run, graph_safe, resolve_device  # noqa: E402
+from pmnist.optim.cms import CMSScheduler  # noqa: E402
 from speed import mnist  # noqa: E402
 
 
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="baseline")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--no-graphs", action="store_true")
+    ap.add_argument("--no-flat", action="store_true", help="per-tensor parameters and optimizer (no flat buffers)")
+    ap.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="override an optimizer arg")
+    ap.add_argument("--no-profile", action="store_true", help="only time the steps")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
-    run, device = params["runs"][args.run], resolve_device(args.device)
+    run, device = dict(params["runs"][args.run]), train.resolve_device(args.device)
+    overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.arg)}
+    run["optimizer_args"] = {**run["optimizer_args"], **overrides}
+    if args.no_flat:
+        train.CMSScheduler = functools.partial(CMSScheduler, flatten=False)
     train_x, train_y, _, _ = (t.to(device) for t in mnist(params))
     seeds = list(range(args.seeds))
-    model, scheduler = build_run(run, params["models"][run["model"]], seeds, device)
-    step = TrainStep(model, scheduler, train_x, train_y, len(seeds), run["batch_size"],
-                     cuda_graphs=not args.no_graphs and graph_safe(run))
-    step.perm.copy_(make_permutations(0, len(seeds), 1)[:, 0])
+    model, scheduler, method = train.build_run(run, params["models"][run["model"]], seeds, device)
+    graphs = not args.no_graphs and train.graph_safe(run)
+    perms = make_permutations(0, len(seeds), 1).to(device)
+    step = train.TrainStep(model, scheduler, method, train_x, train_y, perms, cuda_graphs=graphs)
+    step.start_task(0)
     order = torch.stack([torch.randperm(len(train_x)) for _ in seeds]).to(device)
-    batch = lambda i: order[:, (i % 400) * run["batch_size"]:(i % 400 + 1) * run["batch_size"]]
+    width = run["batch_size"]
+    batch = lambda i: order[:, (i % 400) * width:(i % 400 + 1) * width]
     for i in range(200):  # warm-up and graph capture
         step(batch(i))
-    torch.cuda.synchronize() if device.type == "cuda" else None
-    t = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])) as prof:
-        for i in range(args.steps):
-            step(batch(i))
-        torch.cuda.synchronize() if device.type == "cuda" else None
-    wall = time.perf_counter() - t
-    print(prof.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total", row_limit=25))
+    sync(device)
+    label = (f"run={args.run} device={device.type} graphs={graphs and device.type == 'cuda'} flat={not args.no_flat} "
+             f"args={','.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
+    if not args.no_profile:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        t = time.perf_counter()
+        with profile(activities=activities) as prof:
+            for i in range(args.steps):
+                step(batch(i))
+            sync(device)
+        wall = time.perf_counter() - t
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort, row_limit=25))
+        print(f"{wall / args.steps * 1e6:.0f} us/step with the profiler")
     t = time.perf_counter()
     for i in range(args.steps):
         step(batch(i))
-    torch.cuda.synchronize() if device.type == "cuda" else None
-    print(f"{(time.perf_counter() - t) / args.steps * 1e6:.0f} us/step without profiler ({wall / args.steps * 1e6:.0f} with)")
+    sync(device)
+    print(f"RESULT {label} us_per_step={(time.perf_counter() - t) / args.steps * 1e6:.0f}")
 
 
 if __name__ == "__main__":

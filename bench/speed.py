@@ -19,7 +19,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from pmnist.config import load_params  # noqa: E402
-from pmnist.data import download_mnist, load_mnist, make_permutations  # noqa: E402
+from pmnist.data import load_mnist, make_permutations  # noqa: E402
+from pmnist.download import download_mnist  # noqa: E402
 from pmnist.train import build_run, graph_safe, resolve_device, train_continual  # noqa: E402
 from sequential import train_sequential  # noqa: E402
 
@@ -72,11 +73,11 @@ def main():
           f"{args.tasks} tasks x {args.epochs} epochs x {len(train_x)} images, batch {run['batch_size']}, {device}"
           f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
 
-    model, scheduler = build_run(run, params["models"][run["model"]], seeds, device)
+    model, scheduler, method = build_run(run, run["model_args"], seeds, device)
     sync(device)
     start = time.perf_counter()
     train_continual(model, scheduler, train_x, train_y, test_x, test_y, perms, seeds=seeds, epochs=args.epochs,
-                    batch_size=run["batch_size"], name=args.run, log=lambda line: None,
+                    batch_size=run["batch_size"], method=method, name=args.run, log=lambda line: None,
                     cuda_graphs=not args.no_graphs and graph_safe(run))
     sync(device)
     vec = samples / (time.perf_counter() - start)
@@ -87,7 +88,7 @@ def main():
         sys.exit(f"the sequential reference trains the plain Adam MLP only; run {args.run!r} is not one")
 
     start = time.perf_counter()
-    train_sequential(seeds, perms, train_x, train_y, test_x, test_y, hidden_dims=params["models"]["mlp"]["hidden_dims"],
+    train_sequential(seeds, perms, train_x, train_y, test_x, test_y, hidden_dims=run["model_args"]["hidden_dims"],
                      lr=run["lr"], epochs=args.epochs, batch_size=run["batch_size"])
     sync(device)
     seq = samples / (time.perf_counter() - start)

@@ -1,84 +1,33 @@
-"""MNIST from mirrors (MD5 of the decompressed IDX checked), torchvision's IDX reader, the seeded
-task permutations, and the validation split."""
-import gzip
-import hashlib
-import urllib.error
-import urllib.parse
-import urllib.request
-import zlib
+"""The verified MNIST files read with torchvision's IDX reader, the seeded task permutations (made and
+checked), and the validation split. (Downloading is pmnist/download.py.)"""
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pmnist.io import write_bytes
-
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-               "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-ALLOWED_SCHEMES = ("http", "https", "file")
-
-
-class DownloadError(RuntimeError):
-    pass
-
-
-def check_mirror(mirror: str) -> str:
-    """A mirror is a local directory or an http/https/file URL; refuse anything else up front."""
-    scheme = urllib.parse.urlparse(mirror).scheme
-    if scheme and len(scheme) > 1 and scheme not in ALLOWED_SCHEMES:  # len>1: not a Windows drive
-        raise DownloadError(f"mirror {mirror!r}: URL scheme '{scheme}' is not allowed; use a directory "
-                            f"or an {', '.join(ALLOWED_SCHEMES)} URL")
-    return mirror
-
-
-def _read(mirror: str, name: str, timeout=30) -> bytes:
-    scheme = urllib.parse.urlparse(mirror).scheme
-    if scheme in ALLOWED_SCHEMES:
-        url = mirror.rstrip("/") + "/" + name
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.read()
-    return (Path(mirror) / name).read_bytes()
-
-
-def fetch_file(name: str, expected_md5: str, mirrors) -> bytes:
-    """The decompressed bytes of `name` from the first mirror whose copy has the expected MD5."""
-    failures = []
-    for mirror in mirrors:
-        try:
-            packed = _read(mirror, name + ".gz")
-        except (OSError, urllib.error.URLError, ValueError) as e:
-            failures.append(f"{mirror}: cannot read {name}.gz ({getattr(e, 'reason', None) or e})")
-            continue
-        try:
-            raw = gzip.decompress(packed)
-        except (EOFError, OSError, zlib.error) as e:
-            failures.append(f"{mirror}: {name}.gz is truncated or not valid gzip ({e})")
-            continue
-        actual = hashlib.md5(raw).hexdigest()
-        if actual == expected_md5:
-            return raw
-        failures.append(f"{mirror}: MD5 mismatch for {name}: expected {expected_md5}, got {actual}")
-    tried = "\n  ".join(failures) or "no mirror configured (download.mirrors is empty and MNIST_MIRROR unset)"
-    raise DownloadError(f"could not get a verified copy of {name}; tried:\n  {tried}")
-
-
-def download_mnist(dest, mirrors, md5: dict):
-    """Fetch and verify all four IDX files, then write them; nothing is written unless all verify."""
-    mirrors = [check_mirror(m) for m in mirrors]
-    contents = {name: fetch_file(name, md5[name], mirrors) for name in MNIST_FILES}
-    for name, raw in contents.items():
-        write_bytes(Path(dest) / name, raw)
+from pmnist.errors import DataError
 
 
 def load_mnist(directory):
-    """(train_x, train_y, test_x, test_y): images uint8 [N, 784], labels int64 [N]."""
-    from torchvision.datasets.mnist import read_image_file, read_label_file
+    """(train_x, train_y, test_x, test_y): images uint8 [N, 784], labels int64 [N]. A missing or
+    corrupt file is a DataError naming it (the download stage verified them; something changed since)."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file  # imported on use: ~1 s
 
     d = Path(directory)
-    images = lambda n: read_image_file(str(d / n)).reshape(-1, 784)
-    labels = lambda n: read_label_file(str(d / n)).long()
-    return (images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte"),
-            images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte"))
+
+    def read(name, reader, n):
+        try:
+            x = reader(str(d / name))
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DataError(f"{d / name}: not a readable MNIST IDX file ({e}); run `dvc repro -f download`") from None
+        if len(x) != n:
+            raise DataError(f"{d / name}: {len(x)} items, expected {n}; run `dvc repro -f download`")
+        return x
+
+    return (read("train-images-idx3-ubyte", read_image_file, 60000).reshape(-1, 784),
+            read("train-labels-idx1-ubyte", read_label_file, 60000).long(),
+            read("t10k-images-idx3-ubyte", read_image_file, 10000).reshape(-1, 784),
+            read("t10k-labels-idx1-ubyte", read_label_file, 10000).long())
 
 
 def make_permutations(seed, n_seeds, n_tasks, identity_first_task=False, n_pixels=784):
@@ -93,6 +42,24 @@ def make_permutations(seed, n_seeds, n_tasks, identity_first_task=False, n_pixel
         if identity_first_task:
             perms[k, 0] = torch.arange(n_pixels)
     return perms
+
+
+def load_permutations(path, n_seeds, n_tasks, n_pixels=784):
+    """data/permutations.npy as a long tensor [n_seeds, n_tasks, n_pixels], checked before any training:
+    a file of zeros, out-of-range or float values would otherwise train silently on garbage."""
+    try:
+        perms = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy file ({type(e).__name__}); run `dvc repro permutations`") from None
+    fix = "run `dvc repro -f permutations`"
+    if perms.shape != (n_seeds, n_tasks, n_pixels):
+        raise DataError(f"{path}: shape {perms.shape}, params want {n_seeds} seeds x {n_tasks} tasks x "
+                        f"{n_pixels} pixels (protocol.n_seeds, protocol.n_tasks); {fix}")
+    if not np.issubdtype(perms.dtype, np.integer):
+        raise DataError(f"{path}: dtype {perms.dtype}, expected integer pixel indices; {fix}")
+    if not (np.sort(perms, axis=-1) == np.arange(n_pixels)).all():
+        raise DataError(f"{path}: not every row is a permutation of 0..{n_pixels - 1}; {fix}")
+    return torch.from_numpy(perms.astype(np.int64))
 
 
 def validation_split(labels: np.ndarray, size: int, seed: int):

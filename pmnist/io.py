@@ -3,9 +3,16 @@ import contextlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from pmnist.errors import DataError
+
+# The only directories a stage may replace or delete in (relative to the working directory, the
+# repository root under DVC): nothing built from a name in params can reach outside them.
+OUTPUT_ROOTS = ("results", "data")
 
 
 class WriteError(OSError):
@@ -69,8 +76,21 @@ def require_file(path, hint="run the stage that writes it first (dvc repro)") ->
 
 
 def read_npz(path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """The arrays of an .npz file; a DataError naming the file if it is not a readable npz."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}); rerun the stage that writes it") from None
+
+
+def check_output_dir(path) -> Path:
+    """`path` if it lies inside results/ or data/ of the working directory, else a DataError."""
+    path = Path(path)
+    resolved, cwd = path.resolve(), Path.cwd().resolve()
+    if not any(resolved.is_relative_to(cwd / root) and resolved != cwd / root for root in OUTPUT_ROOTS):
+        raise DataError(f"{path}: refusing to replace a directory outside {' or '.join(r + '/' for r in OUTPUT_ROOTS)}")
+    return path
 
 
 @contextlib.contextmanager
@@ -79,7 +99,7 @@ def atomic_dir(path):
     So a reader sees the old directory or the complete new one, never a half-written mix."""
     import shutil
 
-    path = Path(path)
+    path = check_output_dir(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))

@@ -1,6 +1,6 @@
 """Continual-learning metrics from accuracy matrices, and their summary over seeds.
 
-R[..., i, j] is the test accuracy on task j after training task i (fractions in [0, 1]). Every metric
+R[..., i, j] is the accuracy on task j after training task i (fractions in [0, 1]). Every metric
 function accepts leading batch dims (e.g. seeds) and returns an array over them. Definitions follow GEM
 (Lopez-Paz & Ranzato 2017) and Chaudhry et al. 2018. Outputs of `aggregate` are in percentage points
 (accuracy x 100), which the `_pct` suffix of every metric name says.
@@ -10,6 +10,11 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as st
 
+from pmnist.errors import DataError
+# The headline metrics live in their own small module, which the train stages depend on (they write
+# results/metrics/<run>.json); re-exported here so the analysis has one place to import metrics from.
+from pmnist.headline import (CHANCE, MARGIN, average_accuracy, average_forgetting,  # noqa: F401
+                             final_average_accuracy, forgetting_per_task, learned_nothing, learning_accuracy)
 from pmnist.io import read_npz, require_file
 
 # name -> (plain-language label, higher is better). The stats and report stages use the same names.
@@ -20,6 +25,9 @@ METRICS = {
     "fwt_pct": ("forward transfer", True),
     "learning_acc_pct": ("learning accuracy", True),
 }
+# The metrics that are tested (and that the train stage writes as DVC metrics, pmnist/headline.py). BWT
+# is exactly minus forgetting here up to the max, so testing it too would only inflate the family.
+HEADLINE = ("acc_pct", "forgetting_pct", "learning_acc_pct")
 
 
 def _check(R):
@@ -31,19 +39,6 @@ def _check(R):
 
 def _nan(R):
     return np.full(R.shape[:-2], np.nan)
-
-
-def average_accuracy(R):
-    """A_i = mean_{j <= i} R[i, j]: mean accuracy over the tasks seen so far, after each task i. [..., T]"""
-    R = _check(R)
-    T = R.shape[-1]
-    seen = np.tril(np.ones((T, T), dtype=bool))
-    return np.where(seen, R, 0.0).sum(-1) / np.arange(1, T + 1)  # where(): unseen entries may be NaN
-
-
-def final_average_accuracy(R):
-    """ACC = A_{T-1} = mean_j R[T-1, j]: mean accuracy over all tasks after training the last one."""
-    return average_accuracy(R)[..., -1]
 
 
 def backward_transfer(R):
@@ -66,30 +61,6 @@ def forward_transfer(R, b):
         return _nan(R)
     before = np.diagonal(R, offset=1, axis1=-2, axis2=-1)  # R[j-1, j] for j = 1..T-1
     return (before - b[..., 1:]).mean(-1)
-
-
-def forgetting_per_task(R):
-    """f_j = max_{j <= l < T-1} R[l, j] - R[T-1, j] for each task j < T-1 (Chaudhry et al. 2018): the
-    drop from the best accuracy ever reached on task j to its final accuracy. [..., T-1]"""
-    R = _check(R)
-    past = R[..., :-1, :-1]  # rows l < T-1, columns j < T-1
-    T1 = past.shape[-1]
-    trained = np.tril(np.ones((T1, T1), dtype=bool))  # l >= j: task j has been trained by then
-    best = np.where(trained, past, -np.inf).max(-2, initial=-np.inf)
-    return best - R[..., -1, :-1]
-
-
-def average_forgetting(R):
-    """F = mean_{j < T-1} f_j (Chaudhry et al. 2018). NaN for T = 1 (no earlier task to forget)."""
-    R = _check(R)
-    if R.shape[-1] == 1:
-        return _nan(R)
-    return forgetting_per_task(R).mean(-1)
-
-
-def learning_accuracy(R):
-    """LA = mean_j R[j, j]: accuracy on each task right after training it (plasticity)."""
-    return np.diagonal(_check(R), axis1=-2, axis2=-1).mean(-1)
 
 
 def headline(R, b):
@@ -130,41 +101,56 @@ def summarize(x):
 
 
 # ---- inputs from the train stage -------------------------------------------------------------------
-def load_runs(runs_dir, run_names, n_seeds, n_tasks):
-    """Read runs_dir/<run>/seed_<k>.npz for the named runs only (stale run directories are ignored).
+def load_runs(runs_dir, runs, seeds, n_tasks):
+    """Read runs_dir/<run>/seed_<k>.npz for the named runs only (stale run directories are ignored);
+    file k must hold seed value seeds[k], so every run is paired on the same seeds.
     Returns run -> {accuracy [S, T, T], untrained_accuracy [S, T], seed [S]}."""
+    expect = {"accuracy": (n_tasks, n_tasks), "untrained_accuracy": (n_tasks,), "seed": ()}
     out = {}
-    for run in run_names:
-        seeds = []
-        for k in range(n_seeds):
+    for run in runs:
+        files = []
+        for k, seed in enumerate(seeds):
             path = require_file(Path(runs_dir) / run / f"seed_{k}.npz",
-                                f"the train stage writes it for run '{run}', seed {k}")
+                                f"the train stage writes it for run '{run}', seed {seed}")
             z = read_npz(path)
-            expect = {"accuracy": (n_tasks, n_tasks), "untrained_accuracy": (n_tasks,), "seed": ()}
             for key, shape in expect.items():
                 if key not in z:
-                    raise ValueError(f"{path}: no array '{key}' (has {', '.join(z)})")
+                    raise DataError(f"{path}: no array '{key}' (has {', '.join(z)}); rerun train@{run}")
                 if z[key].shape != shape:
-                    raise ValueError(f"{path}: '{key}' has shape {z[key].shape}, expected {shape} "
-                                     f"(protocol.n_tasks = {n_tasks})")
-            seeds.append(z)
-        out[run] = {key: np.stack([z[key] for z in seeds]) for key in expect}
+                    raise DataError(f"{path}: '{key}' has shape {z[key].shape}, expected {shape} "
+                                    f"(protocol.n_tasks = {n_tasks}); rerun train@{run}")
+            if int(z["seed"]) != seed:  # paired tests match seeds by value: a stale file would mispair
+                raise DataError(f"{path}: holds seed {int(z['seed'])}, expected {seed} (protocol.seed + {k}); "
+                                f"rerun train@{run}")
+            files.append(z)
+        out[run] = {key: np.stack([z[key] for z in files]) for key in expect}
     return out
 
 
 def aggregate(data):
-    """From load_runs' output: metrics.json content, tidy summary rows, per-run curve and forgetting rows.
-    Tasks are numbered from 1 in the curves ("after training task k") and forgetting tables."""
-    metrics, rows, curves, forgetting = {}, [], {}, {}
+    """From load_runs' output: (summary, rows, curves, forgetting). summary: results/summary.json's content,
+    its "runs": run -> {n_seeds, seeds, learned_nothing_seeds, metrics: {metric: summarize()}};
+    rows: tidy (run, seed, metric, value); curves / forgetting: run -> rows, tasks numbered from 1."""
+    runs, rows, curves, forgetting = {}, [], {}, {}
     for run, d in data.items():
-        R, seeds = d["accuracy"], d["seed"]
+        R, seeds = d["accuracy"], [int(s) for s in d["seed"]]
         values = headline(R, d["untrained_accuracy"])
-        metrics[run] = {name: summarize(v) for name, v in values.items()}
-        rows += [{"run": run, "seed": int(s), "metric": name, "value": float(v[i])}
+        stats = {name: summarize(v) for name, v in values.items()}
+        runs[run] = {"n_seeds": len(seeds), "seeds": seeds,
+                        "learned_nothing_seeds": [s for s, bad in zip(seeds, learned_nothing(R)) if bad],
+                        "metrics": stats}
+        rows += [{"run": run, "seed": s, "metric": name, "value": float(v[i])}
                  for name, v in values.items() for i, s in enumerate(seeds)]
         mean, _, low, high = mean_ci(100 * average_accuracy(R))
         curves[run] = [{"task": t + 1, "average_accuracy": mean[t], "ci95_low": low[t], "ci95_high": high[t]}
                        for t in range(len(mean))]
         f = 100 * forgetting_per_task(R).mean(0)
         forgetting[run] = [{"task": j + 1, "forgetting": f[j]} for j in range(len(f))]
-    return metrics, rows, curves, forgetting
+    summary = {
+        "units": "percentage points; ci95 = t-interval over seeds",
+        "learned_nothing": f"seeds where no task's accuracy ever exceeded {100 * (CHANCE + MARGIN):g}% "
+                           f"(chance {100 * CHANCE:g}% + {100 * MARGIN:g} points) after it was trained",
+        "metric_labels": {m: label for m, (label, _) in METRICS.items()},
+        "runs": runs,
+    }
+    return summary, rows, curves, forgetting

@@ -1,23 +1,29 @@
-"""Figures of the study, drawn with matplotlib's object API (Figure + Agg canvas, no pyplot state), each
-PNG written atomically. One colour per run everywhere, fixed by the run order in params."""
-from pathlib import Path
-
+"""Figures of the study, drawn with matplotlib's object API (Figure + Agg canvas, no pyplot state). The
+plots stage writes results/figures/ whole (figures of removed runs vanish), and every PNG is byte-identical
+across reruns (no software/date metadata, fixed jitter). One colour per run everywhere, fixed by run order."""
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pmnist.io import atomic_path
-from pmnist.metrics import METRICS, average_accuracy, forgetting_per_task, mean_ci
+from pmnist.metrics import (HEADLINE, METRICS, average_accuracy, forgetting_per_task, headline, learned_nothing,
+                            mean_ci)
 
 
 def figure_paths(runs, pairs):
-    """Figure files, relative to results/ (the report links these same names)."""
+    """Figure files, relative to results/ (the report links these same names). pairs: the primary
+    (run, control) pairs, the only ones that get a paired-difference figure (~25 runs would give ~75)."""
     return {
         "average_accuracy": "figures/average_accuracy.png",
         "forgetting": "figures/forgetting_per_task.png",
+        "stability_plasticity": "figures/stability_plasticity.png",
         "matrix": {run: f"figures/accuracy_matrix_{run}.png" for run in runs},
         "diff": {(run, control): f"figures/paired_diff_{run}_vs_{control}.png" for run, control in pairs},
     }
+
+
+def primary_pairs(stats):
+    """Distinct (run, control) pairs of the primary family of results/stats.json, in order."""
+    return list(dict.fromkeys((t["run"], t["control"]) for t in stats["tests"] if t["family"] == "primary"))
 
 
 def run_colors(runs):
@@ -30,8 +36,13 @@ def run_colors(runs):
 
 def _save(fig, path, dpi):
     FigureCanvasAgg(fig)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    # metadata: no "Software" (matplotlib version) key, so a rerun with another version is byte-identical too
+    fig.savefig(path, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+
+
+def _legend(ax, n):
+    """Beside the axes, not over the data: ~25 runs would cover it."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), ncol=1 if n <= 16 else 2)
 
 
 def plot_average_accuracy(acc, colors, path, dpi):
@@ -47,13 +58,14 @@ def plot_average_accuracy(acc, colors, path, dpi):
            title="Average accuracy over tasks (mean, 95% CI over seeds)")
     ax.set_xticks(x)
     ax.grid(alpha=0.3)
-    ax.legend()
+    _legend(ax, len(acc))
     _save(fig, path, dpi)
 
 
 def plot_forgetting(acc, colors, path, dpi):
     """acc: run -> R [S, T, T]. Final forgetting f_j of each task j < T-1: bars = mean, dots = seeds."""
-    fig = Figure(layout="constrained", figsize=(7.5, 4.2))
+    n_bars = len(acc) * (next(iter(acc.values())).shape[-1] - 1)
+    fig = Figure(layout="constrained", figsize=(max(7.5, 3 + 0.06 * n_bars), 4.2))  # room for ~25 runs' bars
     ax = fig.add_subplot()
     width = 0.8 / len(acc)
     rng = np.random.default_rng(0)  # fixed jitter: identical inputs give identical PNGs
@@ -68,7 +80,7 @@ def plot_forgetting(acc, colors, path, dpi):
         ax.set(xticks=[], yticks=[])
     else:
         ax.set_xticks(np.arange(1, f.shape[1] + 1))
-        ax.legend()
+        _legend(ax, len(acc))
     ax.axhline(0, color="k", lw=0.8)
     ax.set(xlabel="task", ylabel="final forgetting (percentage points)",
            title="Final forgetting per task (bars: mean; dots: seeds)")
@@ -91,29 +103,29 @@ def plot_accuracy_matrix(run, R, path, dpi):
     ax.set_xticks(ticks, ticks + 1)
     ax.set_yticks(ticks, ticks + 1)
     ax.set(xlabel="evaluated on task", ylabel="after training task",
-           title=f"{run}: test accuracy (%), mean over {R.shape[0]} seed(s)")
+           title=f"{run}: accuracy (%), mean over {R.shape[0]} seed(s)")
     fig.colorbar(im, ax=ax, label="accuracy (%)", shrink=0.8)
     _save(fig, path, dpi)
 
 
-def plot_paired_difference(run, control, diffs, results, path, dpi):
-    """diffs: metric -> per-seed run - control; results: metric -> stats.json entry (mean, CI, p_holm)."""
+def plot_paired_difference(run, control, diffs, tests, path, dpi):
+    """diffs: metric -> per-seed run - control; tests: metric -> the stats.json test of that pair (or None).
+    The interval drawn is the paired t-interval, the one beside the test in stats.json."""
     fig = Figure(layout="constrained", figsize=(3.0 * len(diffs), 3.8))
     axes = fig.subplots(1, len(diffs), squeeze=False)[0]
     rng = np.random.default_rng(0)
     for ax, (metric, d) in zip(axes, diffs.items()):
-        res = results[metric]
+        d = d[~np.isnan(d)]
         ax.axhline(0, color="k", lw=0.8)
         ax.scatter(rng.uniform(-0.15, 0.15, len(d)), d, s=14, color="tab:gray", label="seeds")
-        if res.get("mean_diff") is not None:
-            low, high = res.get("ci95_low"), res.get("ci95_high")
-            yerr = None if low is None else [[res["mean_diff"] - low], [high - res["mean_diff"]]]
-            ax.errorbar([0.45], [res["mean_diff"]], yerr=yerr, fmt="D", color="k", capsize=5,
-                        label="mean, 95% CI")
+        if len(d):
+            mean, _, low, high = mean_ci(d)
+            yerr = None if np.isnan(low) else [[mean - low], [high - mean]]
+            ax.errorbar([0.45], [mean], yerr=yerr, fmt="D", color="k", capsize=5, label="mean, 95% t-CI")
         label, higher_better = METRICS[metric]
-        p = res.get("p_holm")
-        ax.set_title(f"{label} ({'higher' if higher_better else 'lower'} is better)\n"
-                     f"p_holm = {'n/a' if p is None else f'{p:.2g}'}", fontsize=9)
+        t = tests.get(metric)
+        p = "not tested" if t is None or t["p_holm"] is None else f"{t['family']}: p_holm = {t['p_holm']:.2g}"
+        ax.set_title(f"{label} ({'higher' if higher_better else 'lower'} is better)\n{p}", fontsize=9)
         ax.set_xticks([])
         ax.set_xlim(-0.5, 0.8)
         ax.grid(axis="y", alpha=0.3)
@@ -123,20 +135,63 @@ def plot_paired_difference(run, control, diffs, results, path, dpi):
     _save(fig, path, dpi)
 
 
-def make_figures(acc, values, stats, results_dir, runs, dpi):
-    """All figures: acc run -> R [S, T, T] (load_runs), values run -> metric -> per-seed (load_summary),
-    stats = results/stats.json content. Returns the paths written."""
+def plot_stability_plasticity(values, groups, colors, path, dpi, dead=()):
+    """Forgetting (y) against learning accuracy (x), one point per run with 95% t-CI bars on both axes,
+    labelled; each group (params plots.tradeoff) joined by a line in its listed order (e.g. a period sweep).
+    values: run -> metric -> per-seed values; dead: runs left out because a seed learned nothing (their
+    zero forgetting would sit in the "best" corner and squash the axes)."""
+    fig = Figure(layout="constrained", figsize=(7.5, 5.5))
+    ax = fig.add_subplot()
+    centre = {}
+    if dead:
+        fig.supxlabel(f"not shown, learned nothing: {', '.join(dead)}", fontsize=7)
+    for run, v in values.items():
+        if run in dead:
+            continue
+        (mx, _, lx, hx), (my, _, ly, hy) = mean_ci(v["learning_acc_pct"]), mean_ci(v["forgetting_pct"])
+        if np.isnan(mx) or np.isnan(my):
+            continue  # forgetting is undefined with 1 task
+        centre[run] = (mx, my)
+        err = lambda m, lo, hi: None if np.isnan(lo) else [[m - lo], [hi - m]]  # noqa: E731
+        ax.errorbar([mx], [my], xerr=err(mx, lx, hx), yerr=err(my, ly, hy), fmt="o", ms=5, capsize=3,
+                    color=colors[run], zorder=3)
+        ax.annotate(run, (mx, my), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    styles = ["-", "--", ":", "-."]
+    for i, (group, runs) in enumerate(groups.items()):
+        pts = [centre[r] for r in runs if r in centre]
+        if len(pts) > 1:
+            ax.plot(*zip(*pts), styles[i % len(styles)], color="0.35", lw=1, zorder=2, label=group)
+    if not centre:
+        ax.text(0.5, 0.5, "forgetting is undefined with 1 task", ha="center", transform=ax.transAxes)
+    if groups and centre:
+        ax.legend(fontsize=8, title="sweeps (in listed order)", title_fontsize=8)
+    ax.set(xlabel="learning accuracy: mean accuracy on each task right after training it (%)",
+           ylabel="average forgetting (percentage points)",
+           title="Stability vs plasticity (mean, 95% CI over seeds; lower right is better)")
+    ax.grid(alpha=0.3)
+    _save(fig, path, dpi)
+
+
+def make_figures(data, stats, out_dir, runs, tradeoff, dpi):
+    """All figures into out_dir (a fresh directory standing for results/figures/).
+    data: load_runs output; stats: results/stats.json content; tradeoff: params plots.tradeoff.
+    Returns the paths written, relative to results/."""
     colors = run_colors(runs)
-    acc = {run: acc[run] for run in runs}
-    pairs = [(c["run"], c["control"]) for c in stats["comparisons"]]
+    acc = {run: data[run]["accuracy"] for run in runs}
+    values = {run: headline(data[run]["accuracy"], data[run]["untrained_accuracy"]) for run in runs}
+    pairs = primary_pairs(stats)
     paths = figure_paths(runs, pairs)
-    out = lambda rel: Path(results_dir) / rel  # noqa: E731
+    out = lambda rel: out_dir / rel.removeprefix("figures/")  # noqa: E731
     plot_average_accuracy(acc, colors, out(paths["average_accuracy"]), dpi)
     plot_forgetting(acc, colors, out(paths["forgetting"]), dpi)
+    dead = [run for run in runs if learned_nothing(data[run]["accuracy"]).any()]
+    plot_stability_plasticity(values, tradeoff, colors, out(paths["stability_plasticity"]), dpi, dead)
     for run in runs:
         plot_accuracy_matrix(run, acc[run], out(paths["matrix"][run]), dpi)
-    for c in stats["comparisons"]:
-        run, control = c["run"], c["control"]
-        diffs = {m: values[run][m] - values[control][m] for m in c["metrics"]}
-        plot_paired_difference(run, control, diffs, c["metrics"], out(paths["diff"][run, control]), dpi)
-    return [paths["average_accuracy"], paths["forgetting"], *paths["matrix"].values(), *paths["diff"].values()]
+    for run, control in pairs:
+        tests = {t["metric"]: t for t in stats["tests"]
+                 if t["kind"] == "comparison" and (t["run"], t["control"]) in ((run, control), (control, run))}
+        diffs = {m: values[run][m] - values[control][m] for m in HEADLINE}
+        plot_paired_difference(run, control, diffs, tests, out(paths["diff"][run, control]), dpi)
+    return [paths["average_accuracy"], paths["forgetting"], paths["stability_plasticity"],
+            *paths["matrix"].values(), *paths["diff"].values()]

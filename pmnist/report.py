@@ -1,9 +1,12 @@
-"""results/report.md, written only from the numbers (metrics.json, stats.json) and the params."""
-from pmnist.metrics import METRICS
-from pmnist.plots import figure_paths
-from pmnist.stats import sentence
+"""results/report.md, the study's verdict, generated only from results/summary.json, results/stats.json,
+results/tuning/grid.csv (when present) and the params: nothing in it is copied by hand."""
+from pmnist.errors import DataError
+from pmnist.metrics import CHANCE, HEADLINE, MARGIN, METRICS
+from pmnist.plots import figure_paths, primary_pairs
+from pmnist.stats import TARGET_HALF_WIDTH, sentence, verdict
 
-DEFAULT_PROVENANCE = "reference repository's values"
+GRID_COLUMNS = ("run", "lr", "validation_acc_pct", "chosen", "epochs", "tuning_seeds")
+NO_PROVENANCE = "not recorded (no `provenance` entry in params.yaml)"
 
 
 def _f(v, fmt=".2f"):
@@ -14,115 +17,260 @@ def _p(v):
     return "n/a" if v is None else ("< 0.001" if v < 0.001 else f"{v:.3f}")
 
 
+def _peq(v, name="p"):
+    return f"{name} n/a" if v is None else (f"{name} < 0.001" if v < 0.001 else f"{name} = {v:.3f}")
+
+
+def _ci(lo, hi):
+    return "" if lo is None else f" [{lo:.2f}, {hi:.2f}]"
+
+
 def _table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
 
-def _protocol(params):
+def _mean_ci(s):
+    """A summary.json metric entry as 'mean [low, high]'."""
+    return "n/a" if s["mean"] is None else f"{s['mean']:.2f}{_ci(s['ci95_low'], s['ci95_high'])}"
+
+
+def _diff(r):
+    return f"{_f(r['mean_diff'], '+.2f')}{_ci(r['ci95_low'], r['ci95_high'])}"
+
+
+def _protocol(params, stats):
     p, t = params["protocol"], params["train"]
     seeds = f"{p['seed']}..{p['seed'] + p['n_seeds'] - 1}" if p["n_seeds"] > 1 else str(p["seed"])
-    rows = [("seeds", f"{p['n_seeds']} (seed values {seeds}; runs are paired by seed)"),
-            ("tasks", f"{p['n_tasks']} permuted-MNIST tasks" + (", task 1 unpermuted" if p["identity_first_task"] else "")),
-            ("epochs per task", t["epochs"]),
-            ("default batch size", t["batch_size"]),
-            ("training images", t["train_subset"] or "all"),
-            ("evaluated on", f"{t['eval_split']} split")]
     models = "; ".join(f"`{name}`: " + ", ".join(f"{k} = {v}" for k, v in cfg.items())
                        for name, cfg in params["models"].items())
-    return _table(("setting", "value"), rows) + f"\n\nModel settings: {models}."
-
-
-def _runs(params):
-    keys = ("model", "optimizer", "lr", "batch_size", "periods", "accumulate", "lr_scale", "optimizer_args")
-    def cell(k, v):
-        if k == "lr":
-            return f"{v:.4g}"
-        return ", ".join(f"{a} = {b}" for a, b in v.items()) if isinstance(v, dict) else v
-    # Provenance lives in its own top-level section, so editing the text does not retrain the run.
-    prov = params.get("provenance") or {}
-    rows = [(f"`{run}`", *(cell(k, cfg.get(k)) for k in keys), prov.get(run) or DEFAULT_PROVENANCE)
-            for run, cfg in params["runs"].items()]
-    return _table(("run", *keys, "how hyperparameters were chosen"), rows) + \
-        "\n\n`periods`: update period of each model level, slow -> fast (1 = every step)."
-
-
-def _results(runs, metrics):
-    def cell(s):
-        if s["mean"] is None:
-            return "n/a" + (f" ({s['note']})" if s.get("note") else "")
-        ci = f" [{_f(s['ci95_low'])}, {_f(s['ci95_high'])}]" if s["ci95_low"] is not None else ""
-        return f"{_f(s['mean'])} ± {_f(s['std'])}{ci}"
-    missing = [r for r in runs if r not in metrics]
-    if missing:
-        raise ValueError(f"results/metrics.json has no run(s) {', '.join(missing)}; rerun the aggregate stage")
-    rows = [(f"`{run}`", *(cell(metrics[run][m]) for m in METRICS)) for run in runs]
-    return _table(("run", *(f"{METRICS[m][0]} ({'higher' if METRICS[m][1] else 'lower'} is better)" for m in METRICS)),
-                  rows)
-
-
-def _comparisons(stats):
-    rows = []
-    for c in stats["comparisons"]:
-        for m, r in c["metrics"].items():
-            ci = f" [{_f(r['ci95_low'])}, {_f(r['ci95_high'])}]" if r["ci95_low"] is not None else ""
-            rows.append((f"`{c['run']}` vs `{c['control']}`", METRICS[m][0], r["n_pairs"],
-                         f"{_f(r['mean_diff'], '+.2f')}{ci}", _f(r["t"]), _p(r["p_value"]), _p(r["p_holm"]),
-                         _p(r["wilcoxon_p"]), _p(r["wilcoxon_p_holm"]), _f(r["cohens_dz"]), r["note"] or ""))
-    return _table(("comparison", "metric", "pairs", "mean difference [95% CI]", "t", "p (t-test)", "p_holm",
-                   "p (Wilcoxon)", "p_holm (Wilcoxon)", "Cohen's d_z", "note"), rows)
-
-
-def make_report(params, metrics, stats):
-    """The markdown report. params: validated params; metrics, stats: results/metrics.json, stats.json."""
-    runs = list(params["runs"])
-    pairs = [(c["run"], c["control"]) for c in stats["comparisons"]]
-    figs = figure_paths(runs, pairs)
-    alpha = stats["alpha"]
-    said = []
-    for c in stats["comparisons"]:
-        said.append(f"\n**`{c['run']}` vs `{c['control']}`**\n")
-        for m, r in c["metrics"].items():
-            said.append(f"- {sentence(c['run'], c['control'], m, r, alpha)}")
     return "\n".join([
-        "# Catastrophic forgetting on Permuted MNIST",
+        f"- **Tasks**: {p['n_tasks']} permuted-MNIST tasks learned one after another"
+        + (" (task 1 unpermuted)" if p["identity_first_task"] else "") + f", {t['epochs']} epoch(s) each, default "
+        f"batch {t['batch_size']}, {t['train_subset'] or 'all'} training images; after each task every task is "
+        f"evaluated on the **{t['eval_split']}** split.",
+        f"- **Seeds**: {p['n_seeds']} (seed values {seeds}); every run trains the same seeds on the same task "
+        f"sequences, so runs are compared **paired by seed**.",
+        f"- **Models**: {models}.",
+        f"- **Metrics** (percentage points): final accuracy = mean_j R[T-1, j]; forgetting = mean over j < T-1 of "
+        f"max_l R[l, j] - R[T-1, j] (Chaudhry et al. 2018); learning accuracy = mean_j R[j, j] (plasticity). "
+        f"BWT and FWT are in `results/summary.json`, not tested (BWT is minus forgetting here, up to the max).",
+        f"- **Statistics**: paired t-test per comparison, with the paired 95% t-interval of the mean difference "
+        f"(the interval that agrees with the test). Holm correction within each family: **primary** = the "
+        f"{stats['families'].get('primary', {}).get('k', 0)} declared hypotheses, **secondary** = everything "
+        f"else. alpha = {stats['alpha']:g}. A BCa bootstrap interval and the Wilcoxon signed-rank test are "
+        f"robustness checks only.",
+    ])
+
+
+def _value(v):
+    """A setting, short: floats to 3 significant digits, also inside lists."""
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return "[" + ", ".join(map(_value, v)) + "]" if isinstance(v, list) else str(v)
+
+
+def _distinguishing(runs):
+    """run -> the settings without their own column (accumulate, lr_scale, lr_multipliers, *_args) whose
+    value differs between runs, e.g. m3's alpha; *_args are compared among runs of the same optimizer,
+    model or method only, so defaults filled in by the config do not clutter the table."""
+    flat = {}
+    for run, cfg in runs.items():
+        f = {(None, k): cfg[k] for k in ("accumulate", "lr_scale", "lr_multipliers") if k in cfg}
+        for group in ("optimizer", "model", "method"):
+            f.update({(cfg.get(group), f"{group}_args.{k}"): v for k, v in (cfg.get(f"{group}_args") or {}).items()})
+        flat[run] = f
+    keys = {key for f in flat.values() for key in f}
+    varies = {key for key in keys if len({repr(f[key]) for f in flat.values() if key in f}) > 1}
+    return {run: ", ".join(f"{name} = {_value(f[(g, name)])}" for g, name in sorted(varies, key=str) if (g, name) in f)
+            for run, f in flat.items()}
+
+
+def _runs(params, summary):
+    missing = [r for r in params["runs"] if r not in summary["runs"]]
+    if missing:
+        raise DataError(f"results/summary.json: no run(s) {', '.join(missing)}; rerun the aggregate stage")
+    prov = params.get("provenance") or {}
+    other = _distinguishing(params["runs"])
+    rows = []
+    for run, cfg in params["runs"].items():
+        s = summary["runs"][run]
+        flag = " †" if s["learned_nothing_seeds"] else ""
+        rows.append((f"`{run}`{flag}", *(_mean_ci(s["metrics"][m]) for m in HEADLINE), s["n_seeds"],
+                     cfg["model"], cfg.get("method", ""), cfg["optimizer"], f"{cfg['lr']:.3g}", cfg.get("batch_size", ""),
+                     "/".join(map(str, cfg.get("periods") or [])), other[run], prov.get(run) or NO_PROVENANCE))
+    header = ("run", "final accuracy [95% CI]", "forgetting [95% CI]", "learning accuracy [95% CI]", "seeds",
+              "model", "method", "optimizer", "lr", "batch", "periods", "other settings that differ",
+              "how its hyperparameters were chosen")
+    bad = {run: s["learned_nothing_seeds"] for run, s in summary["runs"].items()
+           if run in params["runs"] and s["learned_nothing_seeds"]}
+    lines = [_table(header, rows), "",
+             "Mean over seeds, 95% t-interval in brackets. `periods`: update period of each model level, "
+             "slow -> fast (1 = every step)."]
+    if bad:
+        lines += ["", f"† **Learned nothing**: no task's accuracy ever exceeded {100 * (CHANCE + MARGIN):g}% "
+                      f"(chance is {100 * CHANCE:g}%) on these seeds, so their numbers measure a dead run, not "
+                      f"forgetting: " + "; ".join(f"`{r}` seed(s) {', '.join(map(str, s))}" for r, s in bad.items()) + "."]
+    return "\n".join(lines)
+
+
+def _primary(tests, stats, n_seeds, alpha, dead=()):
+    if not tests:
+        return "No primary hypotheses are declared (params `stats.primary`)."
+    k = stats["families"]["primary"]["k"]
+    rows = [(_name(r), METRICS[r["metric"]][0], r["n_pairs"], _diff(r),
+             _p(r["p_value"]), _p(r["p_holm"]), verdict(r, alpha),
+             _ci(r["bootstrap_ci95_low"], r["bootstrap_ci95_high"]).strip() or "n/a", _p(r["wilcoxon_p"]),
+             _f(r["cohens_dz"]), _note(r, dead)) for r in tests]
+    seeds = [(f"`{r['run']}` vs `{r['control']}`, {METRICS[r['metric']][0]}", _f(r["sd_diff"]),
+              f"±{_f(r['ci95_half_width'])}", _f(r["seeds_for_half_width_1"], "d")) for r in tests]
+    return "\n".join([
+        f"The {len(tests)} declared hypotheses, Holm-corrected among themselves only (k = {k} tests), "
+        f"alpha = {alpha:g}. Differences are run minus control, in points, paired by seed.", "",
+        *(f"- {sentence(r, alpha, k)}" for r in tests), "",
+        _table(("comparison", "metric", "seeds", "difference [95% t-CI]", "p", "p_holm", "verdict",
+                "bootstrap 95% CI (check)", "Wilcoxon p (check)", "Cohen's d_z", "note"), rows), "",
+        "### How many seeds, and why", "",
+        f"Each difference was measured on {n_seeds} paired seeds. The half-width of its 95% t-interval is "
+        f"t_(n-1) · sd / √n, with sd the standard deviation of the per-seed differences; the last column is the "
+        f"smallest n that would pin the difference down to ±{TARGET_HALF_WIDTH:g} point at the observed sd.", "",
+        _table(("comparison", "sd of differences", f"95% CI half-width at {n_seeds} seeds",
+                f"seeds for ±{TARGET_HALF_WIDTH:g} point"), seeds),
+    ])
+
+
+def _interactions(tests, summary, stats, alpha):
+    if not tests:
+        return "No interactions are declared (params `stats.interactions`)."
+    k = stats["families"]["secondary"]["k"]
+    out = []
+    for name in dict.fromkeys(r["name"] for r in tests):
+        group = [r for r in tests if r["name"] == name]
+        (a0, a1), (b0, b1) = group[0]["a"], group[0]["b"]
+        out += [f"### `{name}`: (`{a0}` − `{a1}`) − (`{b0}` − `{b1}`)", "",
+                f"Does the effect of the first run over the second differ between row a and row b? The interaction "
+                f"is the per-seed contrast of the two differences, t-tested (secondary family, Holm over {k} tests).", ""]
+        for r in group:
+            m = r["metric"]
+            cell = lambda run: _mean_ci(summary["runs"][run]["metrics"][m])  # noqa: E731
+            ea, eb = r["simple_effects"]["a"], r["simple_effects"]["b"]
+            out += [f"**{METRICS[m][0]}**", "", _table(("", "first run", "second run", "first − second [95% t-CI]"), [
+                (f"a: `{a0}` − `{a1}`", cell(a0), cell(a1), _diff(ea)),
+                (f"b: `{b0}` − `{b1}`", cell(b0), cell(b1), _diff(eb)),
+                ("interaction a − b", "", "", f"**{_diff(r)}**, {_peq(r['p_value'])}, {_peq(r['p_holm'], 'p_holm')}"),
+            ]), "", f"- {sentence(r, alpha, k)}", ""]
+    return "\n".join(out).rstrip()
+
+
+def _name(r):
+    """A test's name in a table cell."""
+    if r["kind"] == "comparison":
+        return f"`{r['run']}` vs `{r['control']}`"
+    return f"interaction `{r['name']}`"
+
+
+def _note(r, dead):
+    """The test's own note, plus a warning when one of its runs learned nothing."""
+    runs = [r["run"], r["control"]] if r["kind"] == "comparison" else [*r["a"], *r["b"]]
+    flags = [f"† `{run}` learned nothing" for run in dict.fromkeys(runs) if run in dead]
+    return "; ".join(filter(None, [r["note"], *flags]))
+
+
+def _secondary(tests, stats, alpha, dead=()):
+    if not tests:
+        return "No secondary tests (params `stats.reference`, `stats.comparisons`, `stats.interactions`)."
+    k = stats["families"].get("secondary", {}).get("k", 0)
+    rows = [(_name(r), METRICS[r["metric"]][0], r["n_pairs"], _diff(r), _p(r["p_value"]), _p(r["p_holm"]),
+             verdict(r, alpha), _ci(r["bootstrap_ci95_low"], r["bootstrap_ci95_high"]).strip() or "n/a",
+             f"{_p(r['wilcoxon_p'])} ({_p(r['wilcoxon_p_holm'])})", _f(r["cohens_dz"]), _note(r, dead))
+            for r in tests]
+    return "\n".join([
+        f"**Secondary (Holm within the secondary family, {k} tests)**: exploratory, not the study's hypotheses. "
+        f"Difference = first run minus second (interactions: the contrast of the 2×2 section), in points.", "",
+        _table(("comparison", "metric", "seeds", "difference [95% t-CI]", "p", "p_holm", "verdict",
+                "bootstrap 95% CI (check)", "Wilcoxon p (p_holm)", "Cohen's d_z", "note"), rows),
+    ])
+
+
+def _tuning(grid, params):
+    if grid is None:
+        return ("No tuning grid: `results/tuning/grid.csv` is written by `python -m stages.select ... --write` "
+                "from a validation-split experiment grid (README, 'Choosing hyperparameters honestly').")
+    order = [r for r in params["runs"] if any(g["run"] == r for g in grid)]
+    order += [r for r in dict.fromkeys(g["run"] for g in grid) if r not in order]
+    rows, notes = [], []
+    for run in order:
+        points = sorted((g for g in grid if g["run"] == run), key=lambda g: g["lr"])
+        rows += [(f"`{run}`", f"{g['lr']:.3g}", f"{g['validation_acc_pct']:.2f}", "**chosen**" if g["chosen"] else "",
+                  g["epochs"], g["tuning_seeds"]) for g in points]
+        chosen = [g["lr"] for g in points if g["chosen"]]
+        if len(chosen) != 1:
+            raise DataError(f"results/tuning/grid.csv: run {run!r} has {len(chosen)} chosen rows, expected 1; "
+                            f"rewrite it with `python -m stages.select ... --write`")
+        lrs, lr = [g["lr"] for g in points], chosen[0]
+        where = ("the only grid point" if len(lrs) == 1 else "at the grid's lower edge: a smaller lr may be better"
+                 if lr == lrs[0] else "at the grid's upper edge: a larger lr may be better" if lr == lrs[-1]
+                 else "interior to the grid")
+        used = [f"`{r}`" for r, cfg in params["runs"].items() if r in (run, f"{run}_tuned") and cfg["lr"] == lr]
+        unused = [f"`{r}` ({cfg['lr']:.3g})" for r, cfg in params["runs"].items() if r == run and cfg["lr"] != lr]
+        notes.append(f"- `{run}`: chosen lr {lr:.3g} is {where} ({lrs[0]:.3g} .. {lrs[-1]:.3g}, {len(lrs)} points)"
+                     + (f"; used by {', '.join(used)}" if used else "")
+                     + (f"; the study's run uses another lr: {', '.join(unused)}" if unused else "") + ".")
+    return "\n".join([
+        "Learning rates chosen by final average accuracy on the **validation** split, on tuning seeds that do "
+        "not overlap the reporting seeds (`stages/select.py`).", "",
+        _table(("grid of run", "lr", "validation accuracy (%)", "chosen", "epochs per task", "tuning seeds"), rows),
+        "", *notes])
+
+
+def make_report(params, summary, stats, grid=None):
+    """The markdown report. params: validated params; summary, stats: results/summary.json, stats.json;
+    grid: rows of results/tuning/grid.csv (lr, validation_acc_pct as floats, chosen as bool) or None."""
+    if "tests" not in stats or "families" not in stats:
+        raise DataError("results/stats.json: not a stats file of this version; rerun the stats stage")
+    runs, alpha = list(params["runs"]), stats["alpha"]
+    figs = figure_paths(runs, primary_pairs(stats))
+    n_seeds = params["protocol"]["n_seeds"]
+    tests = lambda fam, kind: [t for t in stats["tests"] if t["family"] == fam and t["kind"] == kind]  # noqa: E731
+    dead = {run for run, s in summary["runs"].items() if s["learned_nothing_seeds"]}
+    return "\n".join([
+        "# Does a multi-timescale memory (CMS) reduce catastrophic forgetting on Permuted MNIST?",
         "",
-        "_Generated by `stages/report.py` from `results/metrics.json`, `results/stats.json` and `params.yaml`; "
-        "do not edit by hand._",
+        "_Generated by `stages/report.py` from `results/summary.json`, `results/stats.json`, "
+        "`results/tuning/grid.csv` and `params.yaml`; do not edit by hand._",
         "",
         "## Protocol",
         "",
-        _protocol(params),
+        _protocol(params, stats),
         "",
         "## Runs",
         "",
-        _runs(params),
+        _runs(params, summary),
         "",
-        "## Results",
+        "## Verdict: the primary hypotheses",
         "",
-        "All values are in percentage points (accuracy x 100): mean ± std over seeds [95% t-interval]. "
-        "R[i, j] = test accuracy on task j after training task i. Final average accuracy = mean_j R[T-1, j]; "
-        "average forgetting = mean over j < T-1 of (max_{j <= l < T-1} R[l, j] - R[T-1, j]) (Chaudhry et al. 2018); "
-        "backward transfer = mean over j < T-1 of R[T-1, j] - R[j, j], forward transfer = mean over j >= 1 of "
-        "R[j-1, j] - (untrained model's accuracy on j) (GEM); learning accuracy = mean_j R[j, j] (plasticity).",
+        _primary(tests("primary", "comparison"), stats, n_seeds, alpha, dead),
         "",
-        _results(runs, metrics),
+        *(f"![Paired differences, {run} vs {control}]({path})\n" for (run, control), path in figs["diff"].items()),
+        "## Schedule × learning rate (2×2 interactions)",
         "",
-        "## Comparisons",
+        _interactions(tests("secondary", "interaction"), summary, stats, alpha),
         "",
-        f"Each run minus its control, paired by seed. Paired t-test and Wilcoxon signed-rank test (two-sided); "
-        f"95% CI of the mean difference by bootstrap ({stats['bootstrap_resamples']} resamples, seed "
-        f"{stats['seed']}); Cohen's d_z = mean / sd of the differences. p_holm: Holm–Bonferroni over the "
-        f"{sum(len(c['metrics']) for c in stats['comparisons'])} t-tests of the study (Wilcoxon p-values "
-        f"adjusted the same way, as their own family). "
-        f"Significance level alpha = {alpha:g}.",
+        "## Stability vs plasticity",
         "",
-        _comparisons(stats),
+        "Forgetting against learning accuracy, one point per run (95% CIs on both axes); runs of one sweep "
+        "(params `plots.tradeoff`) are joined in their listed order. Lower right = learns each task well and "
+        "keeps it.",
         "",
-        "## What the data support",
+        f"![Stability vs plasticity]({figs['stability_plasticity']})",
         "",
-        f"From the Holm-adjusted paired t-test at alpha = {alpha:g}.",
-        *said,
+        "## Secondary results",
+        "",
+        _secondary([t for t in stats["tests"] if t["family"] == "secondary"], stats, alpha, dead),
+        "",
+        "## Tuning",
+        "",
+        _tuning(grid, params),
         "",
         "## Figures",
         "",
@@ -130,6 +278,21 @@ def make_report(params, metrics, stats):
         "",
         f"![Final forgetting per task]({figs['forgetting']})",
         "",
-        *(f"![Accuracy matrix of {run}]({path})\n" for run, path in figs["matrix"].items()),
-        *(f"![Paired differences, {run} vs {control}]({path})\n" for (run, control), path in figs["diff"].items()),
+        "Accuracy matrices (mean over seeds): " + ", ".join(f"[`{run}`]({path})" for run, path in figs["matrix"].items()) + ".",
     ])
+
+
+def parse_grid(rows, path="results/tuning/grid.csv"):
+    """csv.DictReader rows of grid.csv -> typed rows; a malformed file is a DataError naming it."""
+    out = []
+    for i, row in enumerate(rows, start=2):
+        missing = [c for c in GRID_COLUMNS if c not in row or row[c] is None]
+        if missing:
+            raise DataError(f"{path}: line {i}: missing column(s) {', '.join(missing)}; expected {', '.join(GRID_COLUMNS)}")
+        try:
+            out.append({**row, "lr": float(row["lr"]), "validation_acc_pct": float(row["validation_acc_pct"]),
+                        "chosen": {"true": True, "false": False}[row["chosen"].strip().lower()]})
+        except (ValueError, KeyError):
+            raise DataError(f"{path}: line {i}: lr and validation_acc_pct must be numbers and chosen true/false, "
+                            f"got {dict(row)}") from None
+    return out

@@ -1,23 +1,35 @@
-"""Stage `plots`: results/figures/*.png from the per-seed npz, results/summary.csv and results/stats.json."""
+"""Stage `plots`: results/figures/*.png from the per-seed npz and results/stats.json.
+
+The directory is written whole, so figures of removed runs vanish; PNGs are byte-identical across reruns.
+"""
 import json
 
 from pmnist.cli import run_stage
 from pmnist.config import load_params
-from pmnist.io import require_file
+from pmnist.errors import DataError
+from pmnist.io import atomic_dir, require_file
 from pmnist.metrics import load_runs
 from pmnist.plots import make_figures
-from pmnist.stats import load_summary
+
+STATS = "results/stats.json"
 
 
 def main():
     params = load_params()
     p, runs = params["protocol"], list(params["runs"])
-    data = load_runs("results/runs", runs, p["n_seeds"], p["n_tasks"])
-    values, _ = load_summary(require_file("results/summary.csv"))
-    stats = json.loads(require_file("results/stats.json").read_text())
-    acc = {run: data[run]["accuracy"] for run in runs}
-    written = make_figures(acc, values, stats, "results", runs, params["plots"]["dpi"])
-    print(f"results/: wrote {len(written)} figures: {', '.join(written)}")
+    data = load_runs("results/runs", runs, [p["seed"] + k for k in range(p["n_seeds"])], p["n_tasks"])
+    try:
+        stats = json.loads(require_file(STATS, "the stats stage writes it").read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{STATS}: not valid JSON ({e}); rerun the stats stage") from None
+    primary = [t for t in stats.get("tests", []) if t.get("family") == "primary"]
+    stale = {name for t in primary for name in (t.get("run"), t.get("control"))} - set(runs)
+    if "tests" not in stats or stale:
+        raise DataError(f"{STATS}: from another version or other runs ({', '.join(map(str, stale)) or 'no tests'}); "
+                        f"rerun the stats stage")
+    with atomic_dir("results/figures") as out:
+        written = make_figures(data, stats, out, runs, params["plots"]["tradeoff"], params["plots"]["dpi"])
+    print(f"results/figures/: {len(written)} figures")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,14 @@ import pytest
 import torch
 
 from pmnist.config import load_params
-from pmnist.data import download_mnist, load_mnist
+from pmnist.data import load_mnist
+from pmnist.download import download_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
+# A relative MNIST_MIRROR is relative to where the tests were started (as in the Makefile and the
+# download stage): absolutise it once, before any test copies the repo elsewhere and changes directory.
+if os.environ.get("MNIST_MIRROR") and "://" not in os.environ["MNIST_MIRROR"]:
+    os.environ["MNIST_MIRROR"] = os.path.abspath(os.environ["MNIST_MIRROR"])
 MIRROR = os.environ.get("MNIST_MIRROR") or str(ROOT.parent / "shared" / "mnist")
 
 torch.set_num_threads(min(2, torch.get_num_threads()))

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-COPIED = ["pmnist", "stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+COPIED = ["pmnist", "stages", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore", "results/tuning"]
 
 # Small enough for 2 CPU cores in well under 3 minutes; every stage and every run still executes.
 TINY = {
@@ -44,7 +44,10 @@ def only_runs(lrs: dict, overrides=TINY) -> dict:
     drop = {name: DROP for name in params["runs"] if name not in lrs}
     return {**overrides,
             "runs": {**drop, **{name: {"lr": lr} for name, lr in lrs.items()}},
-            "stats": {**overrides.get("stats", {}), "reference": next(iter(lrs)), "comparisons": []},
+            "stats": {**overrides.get("stats", {}), "reference": next(iter(lrs)), "comparisons": [],
+                      "primary": [{"run": name, "control": next(iter(lrs)), "metric": "forgetting_pct"}
+                                  for name in list(lrs)[1:]], "interactions": []},
+            "plots": {**overrides.get("plots", {}), "tradeoff": {}},
             "provenance": {name: DROP for name in params.get("provenance") or {} if name not in lrs}}
 
 

@@ -1,16 +1,20 @@
-"""The CMS scheduler on a toy two-level model with a fixed gradient stream (loss linear in w)."""
+"""The CMS scheduler: closed forms on a toy two-level model with a fixed gradient stream (loss linear
+in w), flat buffers (bitwise equal to per-tensor optimizers), lr multipliers, and on CUDA fused Adam
+over the flat buffer and graph replays."""
 import pytest
 import torch
 
+from pmnist.models.mlp import MLP
+from pmnist.optim import OPTIMIZERS, build_optimizer
 from pmnist.optim.cms import CMSScheduler
 
 LR = 0.1
 
 
-def toy(period_slow, accumulate, make=lambda ps, lr: torch.optim.SGD(ps, lr=lr), lr_scale="none"):
+def toy(period_slow, accumulate, make=lambda ps, lr: torch.optim.SGD(ps, lr=lr), lr_scale="none", **kw):
     slow, fast = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
     sched = CMSScheduler([("slow", [slow]), ("fast", [fast])], [period_slow, 1], make, LR,
-                         accumulate=accumulate, lr_scale=lr_scale)
+                         accumulate=accumulate, lr_scale=lr_scale, **kw)
     return slow, fast, sched
 
 
@@ -24,13 +28,14 @@ def feed(slow, fast, sched, grads):
 GRADS = [torch.tensor([1.0, -2.0, 0.5]) * (t + 1) + torch.tensor([0.0, 0.3, -0.1]) * t ** 2 for t in range(6)]
 
 
+@pytest.mark.parametrize("flatten", [True, False])
 @pytest.mark.parametrize("accumulate, expected_slow", [
     ("sum", -LR * (sum(GRADS[:3]) + sum(GRADS[3:]))),
     ("mean", -LR * (sum(GRADS[:3]) / 3 + sum(GRADS[3:]) / 3)),
     ("last", -LR * (GRADS[2] + GRADS[5])),
 ])
-def test_slow_level_closed_form_after_six_steps(accumulate, expected_slow):
-    slow, fast, sched = toy(3, accumulate)
+def test_slow_level_closed_form_after_six_steps(accumulate, expected_slow, flatten):
+    slow, fast, sched = toy(3, accumulate, flatten=flatten)
     feed(slow, fast, sched, GRADS)
     torch.testing.assert_close(slow.detach(), expected_slow)
     torch.testing.assert_close(fast.detach(), -LR * sum(GRADS))  # the fast level is plain SGD
@@ -44,13 +49,16 @@ def test_slow_level_does_not_move_between_updates():
     assert sched.due_levels() == ["slow", "fast"]
 
 
-def test_adam_step_counter_advances_only_on_updates():
+@pytest.mark.parametrize("flatten", [True, False])
+def test_adam_step_counter_advances_only_on_updates(flatten):
     make = lambda ps, lr: torch.optim.Adam(ps, lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    slow, fast, sched = toy(3, "sum", make)
+    slow, fast, sched = toy(3, "sum", make, flatten=flatten)
     feed(slow, fast, sched, GRADS)
     (slow_group, fast_group) = sched.groups
-    assert int(slow_group.optimizer.state[slow]["step"]) == 2
-    assert int(fast_group.optimizer.state[fast]["step"]) == 6
+    # flattened: Adam is built on the group's flat buffer, so its state is keyed by that tensor
+    key = (lambda g, p: g.flats[0][0]) if flatten else (lambda g, p: p)
+    assert int(slow_group.optimizer.state[key(slow_group, slow)]["step"]) == 2
+    assert int(fast_group.optimizer.state[key(fast_group, fast)]["step"]) == 6
 
 
 def test_lr_scales_with_period():
@@ -58,6 +66,27 @@ def test_lr_scales_with_period():
         _, _, sched = toy(3, "sum", lr_scale=lr_scale)
         assert sched.groups[0].optimizer.param_groups[0]["lr"] == pytest.approx(LR * factor)
         assert sched.groups[1].optimizer.param_groups[0]["lr"] == pytest.approx(LR)
+
+
+def test_lr_multipliers_every_level_every_step_at_lr_over_period():
+    """The control run: periods all 1, level l at lr * multiplier[l]. Equal periods with different
+    multipliers are separate groups; each level is plain SGD at its own lr."""
+    slow, fast, sched = toy(1, "sum", lr_multipliers=[1 / 3, 1.0])
+    assert len(sched.groups) == 2
+    assert [g.lr for g in sched.groups] == [pytest.approx(LR), pytest.approx(LR / 3)]
+    assert sched.lr("slow") == pytest.approx(LR / 3) and sched.lr("fast") == pytest.approx(LR)
+    feed(slow, fast, sched, GRADS)
+    torch.testing.assert_close(slow.detach(), -LR / 3 * sum(GRADS))
+    torch.testing.assert_close(fast.detach(), -LR * sum(GRADS))
+    assert [lv.updates for lv in sched.levels] == [6, 6]
+    # combined with lr_scale: lr = base * period**a * multiplier
+    _, _, sched = toy(4, "sum", lr_scale="sqrt_period", lr_multipliers=[0.5, 2.0])
+    assert sched.lr("slow") == pytest.approx(LR * 2 * 0.5) and sched.lr("fast") == pytest.approx(LR * 2.0)
+    # same period and multiplier: one group
+    _, _, sched = toy(1, "sum")
+    assert len(sched.groups) == 1
+    with pytest.raises(ValueError, match="lr_multipliers"):
+        toy(3, "sum", lr_multipliers=[1.0])
 
 
 @pytest.mark.parametrize("accumulate", ["sum", "mean", "last"])
@@ -87,3 +116,126 @@ def test_reset_drops_pending_gradients_and_counters():
     assert not slow.grad.any()
     feed(slow, fast, sched, GRADS[3:6])  # a fresh chunk: only these three gradients count
     torch.testing.assert_close(slow.detach(), -LR * sum(GRADS[3:6]))
+
+
+# ---- flat buffers ------------------------------------------------------------------------------
+
+def test_parameters_and_gradients_are_views_of_one_flat_buffer_per_group():
+    model = MLP([0, 1], [16, 8, 4])
+    make = lambda ps, lr: build_optimizer("adam", ps, lr, OPTIMIZERS["adam"].defaults)
+    sched = CMSScheduler(model.levels(), [3, 2, 1], make, 1e-3)
+    for group in sched.groups:
+        (flat, flat_grad), = group.flats
+        assert flat.grad is flat_grad
+        assert group.optimizer.param_groups[0]["params"] == [flat]          # fused Adam: one tensor
+        for p in group.params:
+            assert p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
+            assert p.grad.untyped_storage().data_ptr() == flat_grad.untyped_storage().data_ptr()
+    assert sum(g.flats[0][0].numel() for g in sched.groups) == sum(p.numel() for p in model.parameters())
+    # a non-elementwise optimizer gets the per-parameter views (it needs each matrix's shape)
+    model = MLP([0, 1], [16, 8, 4])
+    sched = CMSScheduler(model.levels(), [1, 1, 1],
+                         lambda ps, lr: build_optimizer("muon", ps, lr, OPTIMIZERS["muon"].defaults), 1e-3)
+    assert [p.shape for p in sched.groups[0].optimizer.param_groups[0]["params"]] == \
+        [p.shape for _, ps in model.levels() for p in ps]
+
+
+def test_replacing_a_gradient_buffer_is_caught():
+    slow, fast, sched = toy(3, "sum")
+    feed(slow, fast, sched, GRADS[:1])
+    fast.grad = None                              # e.g. model.zero_grad() (set_to_none)
+    ((GRADS[1] * slow).sum() + (GRADS[1] * fast).sum()).backward()
+    with pytest.raises(RuntimeError, match="grad"):
+        sched.step()
+
+
+def _mlp_run(make, flatten, accumulate, periods=(3, 2, 1), steps=8, device="cpu", graphs=False, synthetic=False):
+    """A small 2-seed MLP trained on random data by a CMS schedule: a task of `steps` steps, a flush,
+    3 more steps. Returns the parameters and the scheduler. synthetic: fixed random gradients written
+    into .grad instead of backward (a stream that does not depend on the parameters, so two runs that
+    differ by rounding cannot diverge through the model: a ReLU flipping turns a zero gradient into a
+    full Adam step)."""
+    torch.manual_seed(0)
+    model = MLP([0, 1], [32, 16, 8]).to(device)
+    sched = CMSScheduler(model.levels(), list(periods), make, 1e-2, accumulate=accumulate, flatten=flatten)
+    data = [(torch.rand(2, 16, 784, device=device), torch.randint(0, 10, (2, 16), device=device))
+            for _ in range(steps + 3)]
+    fixed = [[torch.randn_like(p) * 1e-2 for p in model.parameters()] for _ in data]
+    for i, (x, y) in enumerate(data):
+        sched.zero_grad()
+        if synthetic:
+            for p, g in zip(model.parameters(), fixed[i]):
+                p.grad.add_(g)                    # in place, as autograd accumulates
+        else:
+            torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
+        sched.step()
+        if graphs and i == max(periods) - 1:
+            sched.capture_graphs()
+        if i == steps - 1:
+            sched.flush()
+    return [p.detach().clone() for p in model.parameters()], sched
+
+
+@pytest.mark.parametrize("accumulate", ["sum", "mean", "last"])
+def test_flat_adam_is_bitwise_the_per_tensor_adam(accumulate):
+    """Same (foreach) Adam, per tensor vs over the flat buffer: identical bits, parameters and moments."""
+    make = lambda ps, lr: torch.optim.Adam(ps, lr=lr, foreach=True)
+    flat, fs = _mlp_run(make, True, accumulate)
+    ref, rs = _mlp_run(make, False, accumulate)
+    for x, y in zip(flat, ref):
+        assert torch.equal(x, y), (x - y).abs().max()
+    for fg, rg in zip(fs.groups, rs.groups):
+        state = fg.optimizer.state[fg.flats[0][0]]
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[key], torch.cat([rg.optimizer.state[p][key].flatten() for p in rg.params]))
+        assert int(state["step"]) == fg.levels[0].updates
+
+
+@pytest.mark.parametrize("accumulate", ["sum", "mean", "last"])
+def test_registry_adam_fused_on_the_flat_buffer_matches_per_tensor_foreach_adam(accumulate):
+    """The registry's Adam (fused on CPU too: same formula, another evaluation order, ~1 ulp apart per
+    step), on a fixed gradient stream (see _mlp_run: through a model, rounding differences can flip a
+    ReLU and grow into whole Adam steps, for fused-vs-foreach as for any two orders of evaluation)."""
+    make = lambda ps, lr: build_optimizer("adam", ps, lr, OPTIMIZERS["adam"].defaults)
+    flat, fs = _mlp_run(make, True, accumulate, synthetic=True)
+    ref, _ = _mlp_run(lambda ps, lr: torch.optim.Adam(ps, lr=lr, foreach=True), False, accumulate, synthetic=True)
+    assert all(g.optimizer.defaults["fused"] for g in fs.groups)
+    for x, y in zip(flat, ref):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sgd", "muon", "m3", "deep_momentum"])
+def test_flat_buffers_change_nothing_for_the_other_optimizers(name):
+    args = {**OPTIMIZERS[name].defaults, **({"hidden_dim": 8} if name == "deep_momentum" else {})}
+    make = lambda ps, lr: build_optimizer(name, ps, lr, args)
+    flat, _ = _mlp_run(make, True, "sum", steps=5)
+    ref, _ = _mlp_run(make, False, "sum", steps=5)
+    for x, y in zip(flat, ref):
+        assert torch.equal(x, y), (name, (x - y).abs().max())
+
+
+# ---- CUDA ----------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("accumulate", ["sum", "mean", "last"])
+def test_cuda_fused_adam_on_the_flat_buffer_is_bitwise_per_tensor_fused_adam(accumulate):
+    make = lambda ps, lr: build_optimizer("adam", ps, lr, OPTIMIZERS["adam"].defaults)   # fused, capturable
+    flat, fs = _mlp_run(make, True, accumulate, device="cuda")
+    ref, _ = _mlp_run(make, False, accumulate, device="cuda")
+    assert all(len(g.optimizer.param_groups[0]["params"]) == 1 for g in fs.groups)
+    for x, y in zip(flat, ref):
+        assert torch.equal(x, y), (x - y).abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["adam", "muon", "m3", "deep_momentum"])
+def test_cuda_graph_replays_of_the_scheduler_equal_eager(name):
+    """capture_graphs() after every level's first update, then replays: same bits as eager updates
+    (the flush's partial chunk runs eagerly in both)."""
+    args = {**OPTIMIZERS[name].defaults, **({"hidden_dim": 16} if name == "deep_momentum" else {})}
+    make = lambda ps, lr: build_optimizer(name, ps, lr, args)
+    graphed, gs = _mlp_run(make, True, "sum", device="cuda", graphs=True, steps=10)
+    eager, _ = _mlp_run(make, True, "sum", device="cuda", steps=10)
+    assert all(g.graph is not None for g in gs.groups)
+    for x, y in zip(graphed, eager):
+        assert torch.equal(x, y), (name, (x - y).abs().max())

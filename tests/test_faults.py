@@ -26,9 +26,10 @@ import yaml
 
 from pmnist import io
 from pmnist.cli import run_stage
-from pmnist.data import MNIST_FILES, make_permutations
+from pmnist.config import MNIST_FILES
+from pmnist.data import make_permutations
 from pmnist.train import build_run, train_continual
-from smoke import make_copy, merge
+from smoke import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("MNIST_MIRROR") or ROOT.parent / "shared" / "mnist")
@@ -37,7 +38,7 @@ TINY = {"protocol": {"n_seeds": 2, "n_tasks": 2},
         "download": {"mirrors": []}}  # never the internet: only MNIST_MIRROR
 RUNS = {"baseline": {"model": "mlp", "optimizer": "adam", "lr": 1e-3},  # the tests' own, whatever params.yaml holds
         "cms": {"model": "mlp", "optimizer": "adam", "lr": 1e-3, "periods": [3, 2, 1]},
-        "cms_same_lr": {"model": "mlp", "optimizer": "adam", "lr": 1e-4, "periods": [3, 2, 1]}}
+        "cms_at_baseline_lr": {"model": "mlp", "optimizer": "adam", "lr": 1e-4, "periods": [3, 2, 1]}}
 
 
 @pytest.fixture
@@ -53,7 +54,9 @@ def repo(tmp_path, monkeypatch):
     def write(overrides=None):
         raw = merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
         raw.update(runs=copy.deepcopy(RUNS), provenance={})
-        raw["stats"].update(reference="baseline", comparisons=[["cms", "cms_same_lr"]])
+        raw["stats"].update(reference="baseline", comparisons=[["cms", "cms_at_baseline_lr"]], interactions=[],
+                            primary=[{"run": "cms", "control": "baseline", "metric": "forgetting_pct"}])
+        raw["plots"]["tradeoff"] = {}
         raw = merge(raw, overrides or {})
         Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         return raw
@@ -87,62 +90,6 @@ def fails(name, *args, match):
     return msg
 
 
-def mirror(tmp_path, **broken):
-    """A copy of the offline mirror (links), with broken[name] = new .gz bytes for some files."""
-    d = tmp_path / "mirror"
-    d.mkdir()
-    for name in MNIST_FILES:
-        if name in broken:
-            (d / f"{name}.gz").write_bytes(broken[name])
-        else:
-            (d / f"{name}.gz").symlink_to(MIRROR / f"{name}.gz")
-    return d
-
-
-# 1
-def test_corrupted_mirror_file_is_an_md5_error(repo, tmp_path, monkeypatch):
-    repo()
-    raw = bytearray(gzip.decompress((MIRROR / "t10k-labels-idx1-ubyte.gz").read_bytes()))
-    raw[100:104] = bytes(b ^ 0xFF for b in raw[100:104])
-    monkeypatch.setenv("MNIST_MIRROR", str(mirror(tmp_path, **{"t10k-labels-idx1-ubyte": gzip.compress(raw)})))
-    expected = yaml.safe_load(Path("params.yaml").read_text())["download"]["md5"]["t10k-labels-idx1-ubyte"]
-    fails("download", match=rf"MD5 mismatch for t10k-labels-idx1-ubyte: expected {expected}, "
-                            rf"got {hashlib.md5(raw).hexdigest()}")
-
-
-# 2
-def test_truncated_gzip_is_a_clear_error(repo, tmp_path, monkeypatch):
-    repo()
-    packed = (MIRROR / "train-labels-idx1-ubyte.gz").read_bytes()
-    monkeypatch.setenv("MNIST_MIRROR", str(mirror(tmp_path, **{"train-labels-idx1-ubyte": packed[:len(packed) // 2]})))
-    msg = fails("download", match=r"train-labels-idx1-ubyte\.gz is truncated or not valid gzip")
-    assert "Traceback" not in msg and len(msg.splitlines()) == 2  # the heading and the one mirror tried
-
-
-# 3
-def test_unreachable_mirrors_are_listed(repo, tmp_path, monkeypatch):
-    with socket.socket() as s:  # a loopback port that nothing listens on: the connection is refused
-        s.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{s.getsockname()[1]}/mnist/"
-    repo({"download": {"mirrors": [closed]}})
-    monkeypatch.setenv("MNIST_MIRROR", str(tmp_path / "no-such-mirror"))
-    msg = fails("download", match=r"could not get a verified copy of train-images-idx3-ubyte; tried:")
-    assert re.search(rf"{re.escape(str(tmp_path / 'no-such-mirror'))}: cannot read .*No such file", msg), msg
-    assert re.search(rf"{re.escape(closed)}: cannot read .*(refused|Errno 111)", msg), msg
-    repo({"download": {"mirrors": []}})
-    monkeypatch.delenv("MNIST_MIRROR")
-    fails("download", match=r"no mirror configured \(download.mirrors is empty and MNIST_MIRROR unset\)")
-
-
-def test_mirror_url_scheme_must_be_http_https_or_file(repo, monkeypatch):
-    repo()
-    for url in ("ftp://127.0.0.1/mnist/", "javascript:alert(1)", "ssh://127.0.0.1/mnist"):
-        monkeypatch.setenv("MNIST_MIRROR", url)
-        fails("download", match=rf"URL scheme '{url.split(':')[0]}' is not allowed; use a directory or an "
-                                r"http, https, file URL")
-
-
-# 4
 def test_unknown_model_or_optimizer_lists_valid_names(repo):
     repo({"runs": {"cms": {"model": "mpl"}}})
     fails("train", "cms", match=r"runs\.cms\.model: unknown model 'mpl'; valid: mlp, nested_ssm")
@@ -153,21 +100,19 @@ def test_unknown_model_or_optimizer_lists_valid_names(repo):
     repo({"runs": {"cms": {"optimizer_args": {"betas": 0.9}}}})
     fails("train", "cms", match=r"runs\.cms\.optimizer_args\.betas: must be a list of 2 numbers")
     repo()
-    fails("train", "nosuchrun", match=r"unknown run 'nosuchrun'; runs in params.yaml: baseline, cms, cms_same_lr")
+    fails("train", "nosuchrun", match=r"unknown run 'nosuchrun'; runs in params.yaml: baseline, cms, cms_at_baseline_lr")
 
 
-# 5
 def test_periods_must_match_the_model_levels(repo):
     repo({"runs": {"cms": {"periods": [3, 1]}}})
     fails("train", "cms", match=r"runs\.cms\.periods: has 2 entries but model 'mlp' has 3 levels "
-                                r"\(layer1, layer2, layer3, slow -> fast\); give one period per level")
+                                r"\(layer1, layer2, layer3, slow -> fast\); give one per level")
     repo({"models": {"nested_ssm": {}}, "runs": {"cms": {"model": "nested_ssm", "periods": [3, 2, 1]}}})
     fails("train", "cms", match=r"runs\.cms\.periods: has 3 entries but model 'nested_ssm' has \d+ levels")
     repo({"models": {"mlp": {"hidden_dims": [256, 128]}}})  # the runs' 3 periods no longer fit
     fails("train", "baseline", match=r"runs\.cms\.periods: has 3 entries but model 'mlp' has 2 levels")
 
 
-# 6
 @pytest.mark.parametrize("override, match", [
     ({"runs": {"cms": {"lr": 0}}}, r"runs\.cms\.lr: must be a positive number, got 0"),
     ({"runs": {"cms": {"lr": -1e-3}}}, r"runs\.cms\.lr: must be a positive number, got -0\.001"),
@@ -187,13 +132,12 @@ def test_non_positive_or_too_large_values(repo, override, match):
     fails("train", "cms", match=match)
 
 
-# 7
 def test_unknown_key_names_the_closest_valid_key(repo):
     raw = repo()
     raw["runs"]["cms"]["perods"] = raw["runs"]["cms"].pop("periods")
     Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     fails("permutations", match=r"params\.yaml: runs\.cms\.perods: unknown key; did you mean 'periods'\? "
-                                r"Valid keys: model, optimizer, lr, batch_size, periods")
+                                r"Valid keys: model, model_args, optimizer, optimizer_args, method, method_args, lr")
     raw["trian"] = raw.pop("train")
     Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     fails("permutations", match=r"params\.yaml: trian: unknown key; did you mean 'train'\?")
@@ -222,92 +166,66 @@ def inputs(repo, mnist_dir):
     return write
 
 
-# 8
 def test_divergence_names_run_seed_task_step_and_writes_no_metrics(inputs):
     inputs({"runs": {"cms": {"optimizer": "sgd", "lr": 1e6}}})
     fails("train", "cms", match=r"^error: run 'cms' diverged: non-finite loss for seed \d+ on task \d+ at step \d+ "
                                 r"\(epoch \d+\); lower the lr or check the data\. No results written\.$")
     assert Path("results/runs/cms/seed_0.npz").read_text() == "earlier results/runs/cms/seed_0.npz\n"
-    assert not Path("results/live/cms").exists()
 
 
-# 9
-def test_killed_training_leaves_nothing_and_reruns(tmp_path, monkeypatch, mnist_dir):
-    """`dvc repro` stopped as Ctrl-C (SIGINT) or `kill` (SIGTERM) would stop it: the whole process
-    group, dvc and its stage, once training has started. Then a plain `dvc repro` finishes the job."""
-    repo = make_copy(tmp_path / "repo", {
-        "download": {"mirrors": []}, "protocol": {"n_seeds": 1, "n_tasks": 2},
-        "train": {"epochs": 3, "train_subset": 500, "device": "cpu"}, "split": {"validation_size": 1000}})
-    raw = yaml.safe_load((repo / "params.yaml").read_text())  # one run: baseline
-    raw["runs"] = {"baseline": raw["runs"]["baseline"]}
-    raw["stats"]["comparisons"], raw["provenance"] = [], {}
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "MNIST_MIRROR": str(MIRROR), "OMP_NUM_THREADS": "1",  # 1: far faster on 2 busy cores
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    dvc = lambda *args: subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
-    results = repo / "results"
-    # The inputs, made here and committed (`dvc commit`), which is faster than `dvc repro` on 2 busy cores.
-    shutil.copytree(mnist_dir, repo / "data" / "mnist")
-    monkeypatch.chdir(repo)
-    assert stage("permutations") is None and stage("split") is None
-    assert dvc("commit", "-f", "download", "permutations", "split").returncode == 0
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        p = subprocess.Popen(["dvc", "repro", "train@baseline"], cwd=repo, env=env, text=True,
-                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        lines = []
-        for line in p.stdout:  # the first epoch's progress line: training has started
-            lines.append(line)
-            if line.startswith("[baseline] seeds") and "epoch 1/3" in line:
-                os.killpg(p.pid, sig)
-                break
-        else:
-            pytest.fail("training never started:\n" + "".join(lines))
-        rest = p.stdout.read()
-        p.wait(timeout=60)
-        for _ in range(600):  # until every process of the group (dvc, its stage) has exited
-            try:
-                os.killpg(p.pid, 0)
-                time.sleep(0.1)
-            except ProcessLookupError:
-                break
-        assert p.returncode != 0 and "done in" not in rest, rest
-        if sig == signal.SIGINT:  # dvc ignores SIGINT while its stage runs; the stage says why it stopped
-            assert "error: stopped by SIGINT before the stage finished" in rest, rest
-        assert not (results / "runs" / "baseline").exists() and not (results / "live" / "baseline").exists()
-        leftovers = [f for d in ("data", "results") for f in (repo / d).rglob("*") if f.name.endswith((".tmp", ".old"))]
-        assert leftovers == []
-        assert "train@baseline" in dvc("status", "train@baseline").stdout  # not up to date
-
-    done = dvc("repro", "train@baseline")
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(os.listdir(results / "runs" / "baseline")) == ["metrics.json", "seed_0.npz"]
-    assert "up to date" in dvc("status", "train@baseline").stdout
+@pytest.mark.parametrize("bad", ["../..", "a/b", "$(touch PWNED)", "x'; touch PWNED; '", "", "runs with space"])
+def test_run_names_are_data_never_paths_or_shell(repo, bad):
+    raw = repo()
+    raw["runs"][bad] = raw["runs"].pop("cms")
+    raw["stats"]["comparisons"], raw["stats"]["primary"] = [], []
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    fails("permutations", match=r"^error: params\.yaml: runs\..*: .* is not a valid name: use only letters, digits, "
+                                r"'_' and '-'")
+    assert not Path("PWNED").exists()
 
 
-def write_summary(seeds, runs=("baseline", "cms", "cms_same_lr")):
-    """results/summary.csv where every run has the same values: seed s scores 50 + s on every metric."""
+def test_split_larger_than_the_training_set_is_a_params_error(repo):
+    repo({"split": {"validation_size": 60000}})
+    fails("split", match=r"^error: params\.yaml: split\.validation_size: must leave training images: at most 59999")
+
+
+@pytest.mark.parametrize("perms, match", [
+    (np.zeros((2, 2, 784), dtype=np.int64), r"not every row is a permutation of 0\.\.783"),
+    (np.stack([np.stack([np.arange(784) + 1] * 2)] * 2), r"not every row is a permutation of 0\.\.783"),
+    (np.stack([np.stack([np.arange(784.0)] * 2)] * 2), r"dtype float64, expected integer pixel indices"),
+    (np.stack([np.stack([np.arange(784)] * 3)] * 2), r"shape \(2, 3, 784\), params want 2 seeds x 2 tasks"),
+])
+def test_bad_permutations_file_is_rejected_before_training(inputs, perms, match):
+    inputs()
+    np.save("data/permutations.npy", perms)
+    fails("train", "cms", match=rf"^error: data/permutations\.npy: .*{match}")
+
+
+def test_corrupt_or_misshapen_run_results_are_one_line(inputs):
+    inputs()
+    for run in RUNS:  # valid results for every run, then break one
+        assert stage("train", run) is None
+    Path("results/runs/cms/seed_0.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    fails("aggregate", match=r"^error: results/runs/cms/seed_0\.npz: not a readable \.npz file")
+    io.write_npz("results/runs/cms/seed_0.npz", accuracy=np.zeros((3, 3)), untrained_accuracy=np.zeros(3),
+                 train_loss=np.zeros((3, 1)), seed=np.int64(0))  # as if n_tasks had been 3
+    fails("aggregate", match=r"^error: results/runs/cms/seed_0\.npz: .*shape \(3, 3\).*\(2, 2\)")
+
+
+def test_a_run_that_learned_nothing_says_so(inputs, capsys):
+    inputs({"runs": {"cms": {"lr": 1e6}}})  # Adam at lr 1e6: finite, but stuck at chance
+    assert stage("train", "cms") is None
+    assert re.search(r"\[cms\] WARNING: learned nothing \(every task stayed near chance\) on seed\(s\) 0, 1",
+                     capsys.readouterr().out)
+
+
+def write_summary(seeds, runs=("baseline", "cms", "cms_at_baseline_lr")):
+    """results/summary.csv where seed s of every run scores 50 + s on every metric."""
     metrics = ("acc_pct", "bwt_pct", "forgetting_pct", "fwt_pct", "learning_acc_pct")
     rows = [f"{run},{s},{m},{50 + s}" for run in runs for s in seeds for m in metrics]
     Path("results/summary.csv").write_text("run,seed,metric,value\n" + "\n".join(rows) + "\n")
 
 
-# 10
-def test_stats_with_one_seed_or_identical_runs_say_why(repo):
-    repo()
-    for seeds, note in (([0], "undefined: tests need at least 2 paired seeds, got 1"),
-                        ([0, 1, 2], "undefined: all paired differences are zero")):
-        write_summary(seeds)
-        assert stage("stats") is None
-        stats = yaml.safe_load(Path("results/stats.json").read_text())  # strict JSON is YAML
-        assert len(stats["comparisons"]) == 3
-        for c in stats["comparisons"]:
-            for r in c["metrics"].values():
-                assert r["note"] == note and r["p_value"] is None and r["p_holm"] is None
-                assert r["mean_diff"] == 0
-
-
-# 11
 @pytest.mark.parametrize("where, code", [("create", errno.ENOSPC), ("write", errno.ENOSPC), ("rename", errno.EROFS)])
 def test_unwritable_output_is_a_clear_error_and_keeps_the_earlier_file(repo, monkeypatch, where, code):
     """A full disk or read-only results/ (simulated: tests run as root, where chmod stops nothing)."""
@@ -336,7 +254,6 @@ def test_unwritable_output_is_a_clear_error_and_keeps_the_earlier_file(repo, mon
     np.testing.assert_array_equal(io.read_npz("results/runs/cms/seed_1.npz")["accuracy"], np.eye(2))
 
 
-# 12
 def test_same_params_and_seed_give_bit_identical_results(mnist, params):
     train_x, train_y, test_x, test_y = (t[:n] for t, n in zip(mnist, (500, 500, 300, 300)))
     seeds = [3, 4]
@@ -344,9 +261,9 @@ def test_same_params_and_seed_give_bit_identical_results(mnist, params):
     run = {**params["runs"]["cms"], "lr": 1e-3}  # multi-timescale updates (the baseline: periods all 1)
     results = []
     for _ in range(2):
-        model, scheduler = build_run(run, params["models"]["mlp"], seeds, torch.device("cpu"))
+        model, scheduler, method = build_run(run, run["model_args"], seeds, torch.device("cpu"))
         results.append(train_continual(model, scheduler, train_x, train_y, test_x, test_y, perms, seeds=seeds,
-                                       epochs=1, batch_size=50, log=lambda line: None))
+                                       epochs=1, batch_size=50, method=method, log=lambda line: None))
     assert results[0]["accuracy"][:, 1, 1].min() > 0.2  # above chance (0.1): it learned, so equality means something
     for key in results[0]:
         assert results[0][key].tobytes() == results[1][key].tobytes(), key

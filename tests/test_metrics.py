@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 
+from pmnist.errors import DataError
 from pmnist.io import write_npz
 from pmnist.metrics import (aggregate, average_accuracy, average_forgetting, backward_transfer,
                             final_average_accuracy, forgetting_per_task, forward_transfer,
-                            learning_accuracy, load_runs, mean_ci, summarize)
+                            learned_nothing, learning_accuracy, load_runs, mean_ci, summarize)
 
 # R[i, j]: accuracy on task j after training task i; entries above the diagonal are untrained tasks.
 R = np.array([[0.90, 0.10, 0.20],
@@ -70,20 +71,51 @@ def test_mean_ci_t_interval():
     assert one["mean"] == 5.0 and one["ci95_low"] is None and "1 seed" in one["note"]
 
 
+def test_learned_nothing():
+    dead = np.full((3, 3), 0.0995)
+    dead[0, 2] = 0.9  # above the diagonal: a task not trained yet, does not count as learning
+    assert learned_nothing(dead) and not learned_nothing(R)
+    # learned task 0 only once (16%), then forgot it: it did learn something
+    once = dead.copy()
+    once[1, 0] = 0.16
+    assert not learned_nothing(once)
+    edge = np.full((3, 3), 0.15)  # "exceeded" chance + margin is strict
+    assert learned_nothing(edge) and not learned_nothing(edge, margin=0.04)
+    np.testing.assert_array_equal(learned_nothing(np.stack([R, dead, once])), [False, True, False])
+
+
+def _write_seeds(root, run, mats, seeds=(10, 11)):
+    for k, (mat, seed) in enumerate(zip(mats, seeds)):
+        write_npz(root / run / f"seed_{k}.npz", accuracy=mat, untrained_accuracy=B,
+                  train_loss=np.zeros((3, 2)), seed=np.int64(seed))
+
+
 def test_load_and_aggregate(tmp_path):
-    for k, mat in enumerate([R, PERFECT]):
-        write_npz(tmp_path / "a" / f"seed_{k}.npz", accuracy=mat, untrained_accuracy=B,
-                  train_loss=np.zeros((3, 2)), seed=np.int64(10 + k))
+    _write_seeds(tmp_path, "a", [R, PERFECT])
+    _write_seeds(tmp_path, "dead", [np.full((3, 3), 0.1), R])
     (tmp_path / "stale").mkdir()  # a removed run: must be ignored
-    data = load_runs(tmp_path, ["a"], n_seeds=2, n_tasks=3)
-    metrics, rows, curves, forgetting = aggregate(data)
-    assert list(metrics) == ["a"]
-    assert metrics["a"]["bwt_pct"]["mean"] == pytest.approx(100 * (-0.15 + 0) / 2)
+    data = load_runs(tmp_path, ["a", "dead"], seeds=[10, 11], n_tasks=3)
+    summary, rows, curves, forgetting = aggregate(data)
+    assert list(summary["runs"]) == ["a", "dead"]
+    a = summary["runs"]["a"]
+    assert a["n_seeds"] == 2 and a["seeds"] == [10, 11] and a["learned_nothing_seeds"] == []
+    assert summary["runs"]["dead"]["learned_nothing_seeds"] == [10]
+    assert a["metrics"]["bwt_pct"]["mean"] == pytest.approx(100 * (-0.15 + 0) / 2)
+    assert set(a["metrics"]) == {"acc_pct", "forgetting_pct", "bwt_pct", "fwt_pct", "learning_acc_pct"}
     assert {(r["seed"], r["metric"]) for r in rows} >= {(10, "acc_pct"), (11, "forgetting_pct")}
     assert [c["task"] for c in curves["a"]] == [1, 2, 3]
     assert curves["a"][0]["average_accuracy"] == pytest.approx(100 * (0.90 + 1.0) / 2)
     assert forgetting["a"][0] == {"task": 1, "forgetting": pytest.approx(100 * (0.22 + 0) / 2)}
+
+
+def test_load_runs_names_the_bad_file(tmp_path):
+    _write_seeds(tmp_path, "a", [R, PERFECT])
     with pytest.raises(FileNotFoundError, match="b/seed_0.npz"):
-        load_runs(tmp_path, ["a", "b"], n_seeds=2, n_tasks=3)
-    with pytest.raises(ValueError, match="n_tasks = 4"):
-        load_runs(tmp_path, ["a"], n_seeds=2, n_tasks=4)
+        load_runs(tmp_path, ["a", "b"], seeds=[10, 11], n_tasks=3)
+    with pytest.raises(DataError, match=r"a/seed_0\.npz: 'accuracy' has shape \(3, 3\), expected \(4, 4\)"):
+        load_runs(tmp_path, ["a"], seeds=[10, 11], n_tasks=4)
+    with pytest.raises(DataError, match=r"a/seed_0\.npz: holds seed 10, expected 0"):
+        load_runs(tmp_path, ["a"], seeds=[0, 1], n_tasks=3)  # trained on other seeds: would mispair
+    write_npz(tmp_path / "c" / "seed_0.npz", accuracy=R, seed=np.int64(0))
+    with pytest.raises(DataError, match="c/seed_0.npz: no array 'untrained_accuracy'"):
+        load_runs(tmp_path, ["c"], seeds=[0], n_tasks=3)

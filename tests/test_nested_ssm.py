@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pmnist.config import ConfigError
-from pmnist.models import MODELS
+from pmnist.errors import ConfigError
+from pmnist.models import MODELS, build_model, validate_model_config
 from pmnist.models.nested_ssm import NestedSSM, diag_scan
 from pmnist.optim import build_optimizer
 from pmnist.optim.cms import CMSScheduler
@@ -59,19 +59,19 @@ def test_state_carries_information(length):
 def test_levels_partition_parameters():
     model = NestedSSM([0], **SMALL)
     names = [n for n, _ in model.levels()]
-    assert names == NestedSSM.level_names({}) == ["slow", "medium", "fast", "core"]
+    assert names == MODELS["nested_ssm"].level_names({}) == ["slow", "medium", "fast", "core"]
     ids = [id(p) for _, ps in model.levels() for p in ps]
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
-    assert MODELS["nested_ssm"] is NestedSSM
+    assert type(build_model("nested_ssm", [0], SMALL)) is NestedSSM
 
 
 def test_config_validation():
-    assert NestedSSM.validate_config("models.nested_ssm", {}) == {
+    assert validate_model_config("nested_ssm", "models.nested_ssm", {}) == {
         "hidden_dim": 256, "state_dim": 64, "sequence_length": 28, "memory_hidden": 256}
     with pytest.raises(ConfigError, match="sequence_length"):
-        NestedSSM.validate_config("models.nested_ssm", {"sequence_length": 30})
+        validate_model_config("nested_ssm", "models.nested_ssm", {"sequence_length": 30})
     with pytest.raises(ConfigError, match="state_dims"):
-        NestedSSM.validate_config("models.nested_ssm", {"state_dims": 4})
+        validate_model_config("nested_ssm", "models.nested_ssm", {"state_dims": 4})
 
 
 def test_api_needs_scheduler():

@@ -1,5 +1,10 @@
-"""The optimizer registry: Newton-Schulz, M3's fast branch, seed-batched equivalence, and a real
-check that every update rule learns one MNIST task."""
+"""The optimizer registry: torch-free import, Newton-Schulz (fp32 and bf16), M3's fast branch,
+deep momentum (its linear special cases are classical momentum; with the defaults it is not),
+seed-batched equivalence, CUDA-graph safety, and a real check that every update rule learns one
+MNIST task."""
+import inspect
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,34 +13,114 @@ import torch
 from pmnist.models.mlp import MLP
 from pmnist.optim import OPTIMIZERS, build_optimizer
 from pmnist.optim.cms import CMSScheduler
-from pmnist.optim.newton_schulz import newton_schulz
+from pmnist.optim.deep_momentum import read_out
+from pmnist.optim.newton_schulz import newton_schulz, orthogonalise, orthogonalise_many
 
-NEW = ["muon", "m3", "deep_momentum", "adaptive_deep_momentum"]
+ROOT = Path(__file__).resolve().parents[1]
+NEW = ["muon", "m3", "deep_momentum"]
+F32 = {"ns_dtype": "float32"}
 
 
+def args_for(name, **extra):
+    return {**OPTIMIZERS[name].defaults, **extra}
+
+
+# ---- the registry ------------------------------------------------------------------------------
+
+def test_registry_imports_without_torch():
+    """Config validation and the analysis stages read the registry; they must start without torch."""
+    code = ("import sys; import pmnist.optim as o; assert 'torch' not in sys.modules, 'torch imported'; "
+            "print(sorted(o.OPTIMIZERS))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "adam" in out.stdout
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_default_is_an_argument_of_its_builder(name):
+    builder = OPTIMIZERS[name].load()
+    signature = inspect.signature(builder.__init__ if inspect.isclass(builder) else builder)
+    assert set(OPTIMIZERS[name].defaults) <= set(signature.parameters), name
+    p = torch.zeros(1, 3, 4, requires_grad=True)
+    assert isinstance(build_optimizer(name, [p], 0.1, OPTIMIZERS[name].defaults), torch.optim.Optimizer)
+
+
+def test_unknown_precision_is_refused_at_construction():
+    p = torch.zeros(1, 3, 4, requires_grad=True)
+    for name in ("muon", "m3"):
+        with pytest.raises(ValueError, match="ns_dtype"):
+            build_optimizer(name, [p], 0.1, args_for(name, ns_dtype="float16x"))
+    with pytest.raises(ValueError, match="objective"):
+        build_optimizer("deep_momentum", [p], 0.1, args_for("deep_momentum", objective="hebb"))
+
+
+# ---- Newton-Schulz -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(3, 32, 64), (3, 64, 32), (2, 256, 128)])
-def test_newton_schulz_is_near_orthogonal_and_per_seed(shape):
+def test_newton_schulz_is_near_orthogonal_and_per_seed(shape, dtype):
     torch.manual_seed(0)
     G = torch.randn(shape) * torch.tensor([1e-3, 1.0, 50.0])[: shape[0], None, None]  # scales differ per seed
-    O = newton_schulz(G, steps=5)
+    O = newton_schulz(G, steps=5, dtype=dtype)
+    assert O.dtype == G.dtype
     sv = torch.linalg.svdvals(O)
     # the quintic iteration maps singular values into ~[0.7, 1.2], not exactly to 1 (rectangular
     # Gaussian matrices: sigma_min/||G||_F is not tiny; a near-singular direction would stay small)
     assert sv.min() > 0.5 and sv.max() < 1.5, (sv.min(), sv.max())
     # per-seed: normalised by each seed's own norm, so each slice alone gives the same result
     for s in range(shape[0]):
-        torch.testing.assert_close(O[s], newton_schulz(G[s : s + 1])[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(O[s], newton_schulz(G[s : s + 1], dtype=dtype)[0], atol=1e-5, rtol=1e-4)
     # and it really is the polar factor's direction: O is close to U V^T
     U, _, Vh = torch.linalg.svd(G, full_matrices=False)
     assert ((O * (U @ Vh)).sum((1, 2)) / (U @ Vh).norm(dim=(1, 2)) ** 2 > 0.8).all()
 
 
-def test_m3_alpha0_is_its_fast_branch():
+@pytest.mark.parametrize("shape", [(10, 256, 784), (10, 128, 256), (10, 64, 128), (10, 10, 64)])
+def test_bfloat16_newton_schulz_is_close_to_float64(shape):
+    """The MLP's matrix shapes, 10 seeds: bf16 iterates within a few % of the fp64 result
+    (measured max 1.2-1.6 %; fp32: 3e-6). bench/ns_precision.py prints these and the timings."""
+    torch.manual_seed(0)
+    G = torch.randn(shape, dtype=torch.float64)
+    ref = newton_schulz(G, 5, torch.float64)
+    rel = lambda O: ((O.double() - ref).norm(dim=(1, 2)) / ref.norm(dim=(1, 2))).max().item()
+    assert rel(newton_schulz(G.float(), 5, torch.float32)) < 1e-4
+    assert rel(newton_schulz(G.float(), 5, torch.bfloat16)) < 0.04
+
+
+def test_orthogonalise_many_batches_equal_shapes_without_changing_results():
+    torch.manual_seed(0)
+    ts = [torch.randn(2, 8, 12), torch.randn(2, 8, 12) * 100, torch.randn(2, 12, 8), torch.randn(3, 8, 12)]
+    for dtype in (torch.float32, torch.bfloat16):
+        for t, o in zip(ts, orthogonalise_many(ts, 5, dtype)):
+            torch.testing.assert_close(o, orthogonalise(t, 5, dtype), atol=1e-6, rtol=1e-5)
+
+
+# ---- Muon and M3 against their closed forms ----------------------------------------------------
+
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
+def test_muon_matches_its_definition(ns_dtype):
+    torch.manual_seed(0)
+    W, b = torch.randn(2, 8, 12), torch.randn(2, 8)
+    lr, mu = 0.02, 0.95
+    pW, pb = W.clone().requires_grad_(), b.clone().requires_grad_()
+    opt = build_optimizer("muon", [pW, pb], lr, args_for("muon", ns_dtype=ns_dtype))
+    B, ref = torch.zeros_like(W), W.clone()
+    for _ in range(4):
+        g = torch.randn_like(W)
+        pW.grad, pb.grad = g.clone(), torch.randn_like(b)
+        opt.step()
+        B = mu * B + g
+        ref = ref - lr * newton_schulz(g + mu * B, 5, getattr(torch, ns_dtype))  # rows < cols: no shape scale
+        torch.testing.assert_close(pW.detach(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ns_dtype", ["float32", "bfloat16"])
+def test_m3_alpha0_is_its_fast_branch(ns_dtype):
     torch.manual_seed(0)
     W = torch.randn(2, 8, 12)
     b = torch.randn(2, 8)
     lr, m1, v1, eps = 0.01, 0.9, 0.9, 1e-8
-    args = {**OPTIMIZERS["m3"].defaults, "alpha": 0.0, "frequency": 1}
+    args = args_for("m3", alpha=0.0, frequency=1, ns_dtype=ns_dtype)
     pW, pb = W.clone().requires_grad_(), b.clone().requires_grad_()
     opt = build_optimizer("m3", [pW, pb], lr, args)
     M = [torch.zeros_like(W), torch.zeros_like(b)]
@@ -49,10 +134,103 @@ def test_m3_alpha0_is_its_fast_branch():
             M[i] = m1 * M[i] + (1 - m1) * g
             V[i] = v1 * V[i] + (1 - v1) * g * g
             P = M[i] / (1 - m1 ** t) / ((V[i] / (1 - v1 ** t)).sqrt() + eps)
-            ref[i] = ref[i] - lr * (newton_schulz(P) if P.ndim == 3 else P)  # rows < cols: no shape scale
+            ref[i] = ref[i] - lr * (newton_schulz(P, 5, getattr(torch, ns_dtype)) if P.ndim == 3 else P)
         torch.testing.assert_close(pW.detach(), ref[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(pb.detach(), ref[1], atol=1e-5, rtol=1e-5)
 
+
+def test_m3_slow_branch_updates_only_at_chunk_boundaries():
+    """frequency 3: O2 (the held slow direction) changes at t = 3, 6 and nowhere else."""
+    torch.manual_seed(0)
+    p = torch.randn(2, 8, 12, requires_grad=True)
+    opt = build_optimizer("m3", [p], 0.01, args_for("m3", frequency=3, **F32))
+    seen = []
+    for _ in range(7):
+        p.grad = torch.randn_like(p)
+        opt.step()
+        seen.append(opt.state[p]["O2"].clone())
+    changed = [t + 1 for t in range(7) if not torch.equal(seen[t], seen[t - 1] if t else torch.zeros_like(seen[0]))]
+    assert changed == [3, 6]
+
+
+# ---- deep momentum -----------------------------------------------------------------------------
+
+def _params_and_grads(steps, seed=0):
+    torch.manual_seed(seed)
+    params = [torch.randn(3, 6, 10) * 0.1, torch.randn(3, 6) * 0.1]
+    grads = [[torch.randn_like(p) * 10 ** -(1 + i) for i, p in enumerate(params)] for _ in range(steps)]
+    return params, grads
+
+
+def _run(opt_of, params, grads):
+    ps = [p.clone().requires_grad_() for p in params]
+    opt = opt_of(ps)
+    for gs in grads:
+        for p, g in zip(ps, gs):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach() for p in ps], opt
+
+
+def test_linear_memory_with_dot_objective_is_sgd_with_momentum_bit_for_bit():
+    params, grads = _params_and_grads(60)
+    lr, beta = 0.05, 0.9
+    ours, _ = _run(lambda ps: build_optimizer("deep_momentum", ps, lr, args_for(
+        "deep_momentum", objective="dot", num_layers=0, momentum=beta)), params, grads)
+    ref, _ = _run(lambda ps: torch.optim.SGD(ps, lr=lr, momentum=beta), params, grads)
+    for x, y in zip(ours, ref):
+        assert torch.equal(x, y), (x - y).abs().max()
+
+
+def test_linear_memory_with_delta_objective_is_an_ema():
+    params, grads = _params_and_grads(40)
+    lr, beta = 0.5, 0.8
+    ours, opt = _run(lambda ps: build_optimizer("deep_momentum", ps, lr, args_for(
+        "deep_momentum", objective="delta", num_layers=0, momentum=beta)), params, grads)
+    for i, p in enumerate(params):
+        m, w = torch.zeros_like(p), p.clone()
+        for gs in grads:
+            m = beta * m + (1 - beta) * gs[i]
+            w = w - lr * m
+        torch.testing.assert_close(ours[i], w, atol=1e-6, rtol=1e-5)
+
+
+def test_deep_memory_with_defaults_leaves_its_init_and_is_not_plain_momentum():
+    """The failure of issue 16.3: with the old defaults the memory stayed at its init (|phi(x) - x| <=
+    0.003) and the run was plain SGD. With the defaults now (delta rule, hidden 128) the MLP's last
+    layer (zero at init) moves, its term in the read-out grows to a sizeable part of the momentum
+    table, and the parameters end away from both the linear memory (EMA momentum) and plain SGD fed
+    the same gradients (measured: term 0.27 / 0.42 of the table, 1.4 % / 3.1 % from the EMA run)."""
+    torch.manual_seed(0)
+    params = [torch.randn(3, 32, 64) * 0.1, torch.randn(3, 32) * 0.1]
+    drift = [torch.randn_like(p) for p in params]     # gradients with structure: a drift plus noise
+    grads = [[(d + torch.randn_like(d)) * 10 ** -(1 + i) for i, d in enumerate(drift)] for _ in range(300)]
+    lr, defaults = 0.5, args_for("deep_momentum")
+    assert (defaults["hidden_dim"], defaults["objective"], defaults["momentum"]) == (128, "delta", 0.9)
+    deep, opt = _run(lambda ps: build_optimizer("deep_momentum", ps, lr, defaults), params, grads)
+    linear, _ = _run(lambda ps: build_optimizer("deep_momentum", ps, lr, {**defaults, "num_layers": 0}), params, grads)
+    sgd, _ = _run(lambda ps: torch.optim.SGD(ps, lr=lr * (1 - 0.9)), params, grads)  # the EMA's step scale
+    for i, (p0, x, y, z, st) in enumerate(zip(params, deep, linear, sgd, opt.state.values())):
+        assert st["mlp"][-2].abs().max() > 1e-3, "the memory's read-out never left its (zero) init"
+        m, u = st["m"], grads[-1][i].reshape(3, -1)
+        s = u.pow(2).mean(1, keepdim=True).sqrt()          # the scale the last step read the memory at
+        share = ((read_out(m, st["mlp"], s) - m).norm() / m.norm()).item()
+        assert share > 0.1, f"the MLP's term is only {share:.3f} of the momentum table's norm"
+        moved = (x - p0).norm()
+        assert (x - y).norm() > 0.005 * moved and (x - z).norm() > 0.1 * moved
+
+
+def test_deep_momentum_state_is_per_seed():
+    """The memory (table and MLP) carries the seed axis; seeds never share it."""
+    p = torch.zeros(4, 5, 6, requires_grad=True)
+    opt = build_optimizer("deep_momentum", [p], 0.1, args_for("deep_momentum", hidden_dim=8))
+    p.grad = torch.randn_like(p)
+    opt.step()
+    st = opt.state[p]
+    assert st["m"].shape == (4, 30) and all(w.shape[0] == 4 for w in st["mlp"])
+
+
+# ---- every optimizer: seeds independent, graph-safe ------------------------------------------
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_seed_batched_equals_one_seed_at_a_time(name):
@@ -79,14 +257,14 @@ def test_seed_batched_equals_one_seed_at_a_time(name):
 GRAPH_SAFE = [name for name, spec in OPTIMIZERS.items() if spec.graph_safe]
 
 
-def _graph_test_setup(name, device="cpu", steps=7):
+def _graph_test_setup(name, device="cpu", steps=7, **extra):
     """Two parameters (a matrix, a vector; 2 seeds), the optimizer, and fixed synthetic gradients.
     M3 runs with frequency 3, so the steps after the first cross chunk boundaries at t = 3 and 6."""
     torch.manual_seed(0)
     params = [(torch.randn(2, 8, 12) * 0.1).to(device).requires_grad_(),
               (torch.randn(2, 8) * 0.1).to(device).requires_grad_()]
     grads = [[torch.randn_like(p) for p in params] for _ in range(steps)]
-    args = {**OPTIMIZERS[name].defaults, **({"frequency": 3} if name == "m3" else {})}
+    args = {**OPTIMIZERS[name].defaults, **({"frequency": 3} if name == "m3" else {}), **extra}
     return params, grads, build_optimizer(name, params, 0.01, args)
 
 
@@ -116,24 +294,23 @@ def _no_sync(*args, **kwargs):
     raise AssertionError("optimizer step() reads a tensor value on the host (a device sync; baked into a graph)")
 
 
-@pytest.mark.parametrize("name", NEW)
-def test_step_is_graph_replayable_python_path_and_state_are_fixed(name, monkeypatch):
+@pytest.mark.parametrize("name, extra", [("muon", {}), ("m3", {}), ("m3", {"alpha": 0.0}), ("deep_momentum", {}),
+                                         ("deep_momentum", {"objective": "dot"})])
+def test_step_is_graph_replayable_python_path_and_state_are_fixed(name, extra, monkeypatch):
     """CPU proxy for CUDA-graph safety. After the first (eager) step, every step must run the same
     Python code path (no branch on a step count or a value: recorded line by line), leave the
     state's Python values and tensor storages unchanged, and never read a tensor on the host; and
     these 7 steps must equal 7 plain eager steps."""
-    import sys
-
-    ref_params, grads, ref_opt = _graph_test_setup(name)
+    ref_params, grads, ref_opt = _graph_test_setup(name, **extra)
     for gs in grads:
         _set_grads(ref_params, gs)
         ref_opt.step()
 
-    params, grads, opt = _graph_test_setup(name)
+    params, grads, opt = _graph_test_setup(name, **extra)
     _set_grads(params, grads[0])
     opt.step()                                    # first step: creates the state, eagerly
     state, paths = _python_state(opt), []
-    optim_dir = str(Path(__file__).resolve().parents[1] / "pmnist" / "optim")
+    optim_dir = str(ROOT / "pmnist" / "optim")
 
     def tracer(frame, event, arg):
         if frame.f_code.co_filename.startswith(optim_dir):
@@ -196,6 +373,19 @@ def test_cuda_graph_replays_equal_eager_steps(name):
             torch.testing.assert_close(x.detach(), y.detach(), atol=1e-6, rtol=1e-5, msg=f"{name} replay {t}")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("shape", [(10, 256, 784), (10, 10, 64), (20, 128, 256)])
+def test_cuda_bfloat16_newton_schulz_is_close_to_float64(shape):
+    torch.manual_seed(0)
+    G = torch.randn(shape, dtype=torch.float64, device="cuda")
+    ref = newton_schulz(G, 5, torch.float64)
+    for dtype, bound in ((torch.float32, 1e-4), (torch.bfloat16, 0.04)):
+        O = newton_schulz(G.float(), 5, dtype)
+        assert O.dtype == torch.float32
+        rel = ((O.double() - ref).norm(dim=(1, 2)) / ref.norm(dim=(1, 2))).max().item()
+        assert rel < bound, (dtype, rel)
+
+
 def test_params_without_grad_are_skipped():
     for name in NEW:
         p, q = torch.ones(1, 4, 4, requires_grad=True), torch.ones(1, 4, requires_grad=True)
@@ -206,12 +396,13 @@ def test_params_without_grad_are_skipped():
 
 
 # (lr, training images) per optimizer: one epoch, batch 128, reaches >= 90 % test accuracy (seed 0;
-# measured: sgd 0.923, adam 0.924, muon 0.923, m3 0.921, deep_momentum 0.936, adaptive 0.921). The deep
-# momentum memory starts as the identity (plain SGD / RMSprop, no momentum yet), so it needs more images.
+# measured: sgd 0.923, adam 0.924, muon 0.923, m3 0.921, deep_momentum 0.925). Muon and M3 run their
+# default bfloat16 Newton-Schulz. Deep momentum's delta rule makes it an EMA (1-beta times a heavy-ball
+# step), hence its larger lr.
 BUDGET = {"sgd": (0.1, 20000), "adam": (2e-3, 20000), "muon": (0.02, 10000), "m3": (0.02, 10000),
-          "deep_momentum": (0.4, 40000), "adaptive_deep_momentum": (2e-3, 30000)}
-# The memory MLP runs over every gradient coordinate (~200k), the CPU cost of these tests: narrower here.
-TEST_ARGS = {"deep_momentum": {"hidden_dim": 4}, "adaptive_deep_momentum": {"hidden_dim": 4}}
+          "deep_momentum": (1.0, 20000)}
+# The memory MLP runs over every gradient coordinate (~240k), the CPU cost of this test: narrower here.
+TEST_ARGS = {"deep_momentum": {"hidden_dim": 16}}
 
 
 @pytest.fixture

@@ -6,21 +6,10 @@ Its CMS levels, slow -> fast, one per hidden layer; the output layer belongs to 
 import torch
 from torch import nn
 
-from pmnist.config import list_of, positive_int, _section
 from pmnist.models.layers import SeedLinear, per_seed_init
 
 
 class MLP(nn.Module):
-    CONFIG = {"hidden_dims": list_of(positive_int)}
-
-    @classmethod
-    def validate_config(cls, key, cfg):
-        return _section(key, cfg, cls.CONFIG)
-
-    @staticmethod
-    def level_names(cfg):
-        return [f"layer{i + 1}" for i in range(len(cfg["hidden_dims"]))]
-
     def __init__(self, seeds, hidden_dims, in_dim=784, n_classes=10):
         super().__init__()
         dims = [in_dim, *hidden_dims, n_classes]
@@ -37,4 +26,4 @@ class MLP(nn.Module):
         """(name, params) slow -> fast; the output layer joins the last (fastest) level."""
         groups = [list(layer.parameters()) for layer in self.layers[:-1]]
         groups[-1] += list(self.layers[-1].parameters())
-        return list(zip(self.level_names({"hidden_dims": groups}), groups))
+        return [(f"layer{i + 1}", g) for i, g in enumerate(groups)]

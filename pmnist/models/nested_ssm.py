@@ -35,7 +35,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from pmnist.config import positive_int, _fail, _section
 from pmnist.models.layers import SeedLinear, per_seed_init
 
 MEMORY_LEVELS = ("slow", "medium", "fast")
@@ -80,24 +79,6 @@ def _one_seed(p, hidden_dim, state_dim, memory_hidden, n_classes):
 
 
 class NestedSSM(nn.Module):
-    CONFIG = {
-        "hidden_dim": (positive_int, 256),      # H: width of u_t, y_t, z and of the memory MLP outputs
-        "state_dim": (positive_int, 64),        # N: number of diagonal SSM states
-        "sequence_length": (positive_int, 28),  # L: 28 (rows) or 784 (pixels); must divide 784
-        "memory_hidden": (positive_int, 256),   # M: hidden width of each memory MLP
-    }
-
-    @classmethod
-    def validate_config(cls, key, cfg):
-        cfg = _section(key, cfg, cls.CONFIG)
-        if 784 % cfg["sequence_length"]:
-            _fail(f"{key}.sequence_length", f"must divide 784 (e.g. 28 or 784), got {cfg['sequence_length']}")
-        return cfg
-
-    @staticmethod
-    def level_names(cfg=None):
-        return [*MEMORY_LEVELS, "core"]
-
     def __init__(self, seeds, hidden_dim=256, state_dim=64, sequence_length=28, memory_hidden=256,
                  in_dim=784, n_classes=10):
         super().__init__()

@@ -1,50 +1,45 @@
-"""Optimizer registry: name -> (build(params, lr, **args), default args). Every parameter carries a
-leading seed axis, so any rule that is not elementwise (Newton-Schulz, norms, clipping) must act per
-seed, never across seeds. `optimizer_args` in params.yaml may set any key of `defaults`."""
+"""Optimizer registry: name -> (where its builder lives, default args, graph safety).
+
+Importing this module does not import torch: config validation and the analysis stages read
+`OPTIMIZERS[name].defaults` / `.graph_safe` and must start without it. The builder is named as a
+"module:attr" string and imported on first use (`build_optimizer`, `OptimizerSpec.build`).
+
+Adding an optimizer = one module (a torch.optim.Optimizer, or a function (params, lr, **args) ->
+optimizer) + one line below. Every parameter carries a leading seed axis, so any rule that is not
+elementwise (Newton-Schulz, norms, clipping) must act per seed, never across seeds.
+`optimizer_args` in params.yaml may set any key of `defaults` (config.py checks the types against them).
+"""
 from dataclasses import dataclass
-from typing import Callable
-
-import torch
-
-from pmnist.optim.deep_momentum import DeepMomentum
-from pmnist.optim.m3 import M3
-from pmnist.optim.muon import Muon
+from importlib import import_module
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    build: Callable
+    target: str                    # "package.module:attr", attr(params, lr, **args) -> torch.optim.Optimizer
     defaults: dict
     # True if step() keeps all its state on the device and never syncs, so a CUDA graph may replay it.
     graph_safe: bool = False
 
+    def load(self):
+        module, attr = self.target.split(":")
+        return getattr(import_module(module), attr)
 
-def _sgd(params, lr, momentum):
-    return torch.optim.SGD(params, lr=lr, momentum=momentum)
-
-
-def _adam(params, lr, betas, eps):
-    # Elementwise, so stacking seeds changes nothing. On CUDA: one fused kernel per level, and
-    # capturable (step counts on the device) so a CUDA graph can replay the update.
-    if params[0].is_cuda:
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, fused=True, capturable=True)
-    return torch.optim.Adam(params, lr=lr, betas=tuple(betas), eps=eps, foreach=True)
+    def build(self, params, lr, **args):
+        return self.load()(params, lr, **args)
 
 
-_DEEP_MOMENTUM = {"hidden_dim": 16, "num_layers": 2, "inner_lr": 1e-3, "use_delta_rule": False,
-                  "memory_decay": 0.01}
+NS = {"ns_steps": 5, "ns_dtype": "bfloat16"}   # Newton-Schulz: iterations, matmul dtype (bfloat16 | float32)
 
 OPTIMIZERS = {
-    "sgd": OptimizerSpec(_sgd, {"momentum": 0.9}, graph_safe=True),
-    "adam": OptimizerSpec(_adam, {"betas": [0.9, 0.999], "eps": 1e-8}, graph_safe=True),
-    "muon": OptimizerSpec(Muon, {"momentum": 0.95, "nesterov": True, "ns_steps": 5,
-                                 "adam_betas": [0.9, 0.999], "eps": 1e-8}, graph_safe=True),
-    "m3": OptimizerSpec(M3, {"m1": 0.9, "m2": 0.45, "v1": 0.9, "alpha": 0.5, "frequency": 2,
-                             "ns_steps": 5, "eps": 1e-8}, graph_safe=True),
-    "deep_momentum": OptimizerSpec(DeepMomentum, _DEEP_MOMENTUM, graph_safe=True),
-    "adaptive_deep_momentum": OptimizerSpec(
-        lambda params, lr, **args: DeepMomentum(params, lr, adaptive=True, **args),
-        {**_DEEP_MOMENTUM, "beta2": 0.999, "eps": 1e-8}, graph_safe=True),
+    "sgd": OptimizerSpec("pmnist.optim.elementwise:sgd", {"momentum": 0.9}, graph_safe=True),
+    "adam": OptimizerSpec("pmnist.optim.elementwise:adam", {"betas": [0.9, 0.999], "eps": 1e-8}, graph_safe=True),
+    "muon": OptimizerSpec("pmnist.optim.muon:Muon", {"momentum": 0.95, "nesterov": True, **NS,
+                                                      "adam_betas": [0.9, 0.999], "eps": 1e-8}, graph_safe=True),
+    "m3": OptimizerSpec("pmnist.optim.m3:M3", {"m1": 0.9, "m2": 0.45, "v1": 0.9, "alpha": 0.5, "frequency": 2,
+                                               **NS, "eps": 1e-8}, graph_safe=True),
+    "deep_momentum": OptimizerSpec("pmnist.optim.deep_momentum:DeepMomentum",
+                                   {"momentum": 0.9, "objective": "delta", "hidden_dim": 128, "num_layers": 2,
+                                    "memory_lr": 0.01}, graph_safe=True),
 }
 
 

@@ -8,10 +8,14 @@ steps, by one optimizer step on the chunk's gradients combined by `accumulate`:
     mean  g = that sum / number of gradients in the chunk
     last  g = the chunk's last gradient only                   (what a naive wrapper does)
 
-A level's lr = base_lr * period**a, a = 0 / 0.5 / 1 for lr_scale = none / sqrt_period / period, and
-its optimizer state (Adam moments, step count) advances only when that level updates. Levels with the
-same period share one optimizer instance (state is per parameter, so nothing changes but the number
-of launches). A level with period 1 is plain training.
+A level's lr = base_lr * period**a * multiplier, a = 0 / 0.5 / 1 for lr_scale = none / sqrt_period /
+period, multiplier = lr_multipliers[l] (default 1). Its optimizer state (Adam moments, step count)
+advances only when that level updates. Levels with the same period and multiplier share one update
+group: one optimizer instance, one flat buffer, one launch (state is per parameter, or per coordinate,
+so nothing changes but the number of launches). A level with period 1 is plain training.
+`lr_multipliers` gives the control "every level updated every step, level l at lr / C(l)":
+periods [1, 1, 1], lr_multipliers [1/3, 1/2, 1] (levels with equal periods but different multipliers
+get separate groups).
 
 Partial chunks at the end of a task: `flush()` is called after the last step of every task. Each
 level holding gradients of an unfinished chunk (fewer than C(l) steps) applies them then, combined
@@ -22,15 +26,27 @@ accuracy measured after a task reflects all of that task's gradients.
 Use it like an optimizer:  scheduler.zero_grad(); loss.backward(); scheduler.step().
 Works for any model exposing `levels()` and any torch optimizer; parameters may carry a seed axis.
 
+Flat buffers. Each group's parameters live in ONE flat tensor and their gradients in another: every
+parameter becomes a view (`p.data = flat[o:o + n].view_as(p)`, `p.grad = flat_grad[o:o + n].view_as(p)`),
+allocated once at construction, zeroed in place, never set to None (autograd accumulates into the
+views). Combining and zeroing a chunk's gradients is then one kernel each, and an optimizer that is
+elementwise (torch's SGD/Adam family, or one with a class attribute `elementwise = True`) is built on
+the flat tensor itself, so fused Adam is one kernel over one tensor. Other optimizers (Muon, M3, deep
+momentum: they need each matrix's shape) get the per-parameter views. The arithmetic is unchanged,
+element by element (tests/test_cms.py checks bitwise equality against per-tensor optimizers).
+Consequences: build the scheduler after the model is on its device (a later `model.to()` would detach
+the parameters from the buffers), and never set a parameter's .grad to None (`step()` checks).
+
 On CUDA, `capture_graphs()` records each group's full-chunk update (scale, optimizer step, zero the
-gradients) as a CUDA graph, replayed at every later update: one launch instead of dozens. Gradients
-are zeroed in place, never set to None, so their buffers stay where the graphs expect them.
+gradients) as a CUDA graph, replayed at every later update: one launch instead of dozens.
 """
 from dataclasses import dataclass, field
 
 import torch
 
 LR_EXPONENT = {"none": 0.0, "sqrt_period": 0.5, "period": 1.0}
+ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
+               torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad)
 
 
 @dataclass
@@ -38,53 +54,93 @@ class Level:
     name: str
     params: list
     period: int
+    lr_multiplier: float = 1.0
     updates: int = 0               # optimizer steps taken by this level
     updated_last_step: bool = False
 
 
 @dataclass
 class UpdateGroup:
-    """The levels sharing one period: always due together, so one optimizer (one launch) serves them.
-    The optimizer keeps state per parameter, so each level's state still advances only on its updates."""
+    """Levels sharing a period and an lr: always due together, so one optimizer (one launch) serves
+    them. The optimizer keeps state per parameter (or per coordinate of the flat buffer), so each
+    level's state still advances only on its updates."""
     period: int
+    lr: float
     levels: list
-    optimizer: torch.optim.Optimizer
+    flats: list                    # [(flat parameter, flat gradient)], one pair per (device, dtype)
+    views: list                    # [(parameter, its gradient view)] in level order
+    optimizer: torch.optim.Optimizer = None
     pending: int = 0               # gradients accumulated in the current chunk
     graph: object = None           # torch.cuda.CUDAGraph of a full-chunk update, once captured
+    grad_ptrs: list = field(default_factory=list)
 
     @property
     def params(self):
-        return [p for level in self.levels for p in level.params]
+        return [p for p, _ in self.views]
+
+    @property
+    def flat_grads(self):
+        return [g for _, g in self.flats]
+
+
+def is_elementwise(optimizer):
+    return getattr(optimizer, "elementwise", False) or type(optimizer) in ELEMENTWISE
 
 
 class CMSScheduler:
-    def __init__(self, levels, periods, make_optimizer, base_lr, accumulate="sum", lr_scale="none"):
-        """levels: [(name, [params])] slow -> fast; periods: one int per level;
-        make_optimizer(params, lr) -> torch.optim.Optimizer."""
+    def __init__(self, levels, periods, make_optimizer, base_lr, accumulate="sum", lr_scale="none",
+                 lr_multipliers=None, flatten=True):
+        """levels: [(name, [params])] slow -> fast; periods: one int per level; lr_multipliers: one
+        float per level (default all 1.0); make_optimizer(params, lr) -> torch.optim.Optimizer.
+        flatten=False keeps per-tensor parameters and gradients (the reference the tests compare with)."""
+        names = ", ".join(n for n, _ in levels)
         if len(levels) != len(periods):
-            raise ValueError(f"{len(periods)} periods for {len(levels)} levels ({', '.join(n for n, _ in levels)})")
+            raise ValueError(f"{len(periods)} periods for {len(levels)} levels ({names})")
+        lr_multipliers = [1.0] * len(levels) if lr_multipliers is None else [float(m) for m in lr_multipliers]
+        if len(lr_multipliers) != len(levels):
+            raise ValueError(f"{len(lr_multipliers)} lr_multipliers for {len(levels)} levels ({names})")
+        if any(not m > 0 for m in lr_multipliers):
+            raise ValueError(f"lr_multipliers must be > 0, got {lr_multipliers}")
         if accumulate not in ("sum", "mean", "last"):
             raise ValueError(f"accumulate must be sum, mean or last, got {accumulate!r}")
+        if lr_scale not in LR_EXPONENT:
+            raise ValueError(f"lr_scale must be one of {', '.join(LR_EXPONENT)}, got {lr_scale!r}")
         self.accumulate = accumulate
-        self.levels = [Level(name, list(params), int(period)) for (name, params), period in zip(levels, periods)]
+        self.levels = [Level(name, [p for p in params if p.requires_grad], int(period), mult)
+                       for (name, params), period, mult in zip(levels, periods, lr_multipliers)]
+        seen = set()
+        for p in (p for lv in self.levels for p in lv.params):
+            if id(p) in seen:
+                raise ValueError("a parameter appears in two levels (or twice in one)")
+            seen.add(id(p))
         self.groups = []
-        for period in sorted({lv.period for lv in self.levels}, reverse=True):
-            members = [lv for lv in self.levels if lv.period == period]
+        keys = sorted({(lv.period, lv.lr_multiplier) for lv in self.levels}, key=lambda k: (-k[0], -k[1]))
+        for period, mult in keys:
+            members = [lv for lv in self.levels if (lv.period, lv.lr_multiplier) == (period, mult)]
             params = [p for lv in members for p in lv.params]
-            lr = base_lr * period ** LR_EXPONENT[lr_scale]
-            self.groups.append(UpdateGroup(period, members, make_optimizer(params, lr)))
+            group = UpdateGroup(period, base_lr * period ** LR_EXPONENT[lr_scale] * mult, members,
+                                *(_flatten(params) if flatten else _separate(params)))
+            group.optimizer = make_optimizer(group.params, group.lr)
+            if flatten and is_elementwise(group.optimizer):
+                group.optimizer = make_optimizer([flat for flat, _ in group.flats], group.lr)
+            group.grad_ptrs = [g.data_ptr() for _, g in group.views]
+            self.groups.append(group)
         self.step_count = 0
+
+    def lr(self, level_name):
+        return next(g.lr for g in self.groups for lv in g.levels if lv.name == level_name)
 
     def zero_grad(self):
         """Before backward: `last` keeps only the newest gradient, so drop any pending one."""
         if self.accumulate == "last":
             for group in self.groups:
-                _zero(group.params)
+                _zero(group.flat_grads)
 
     def step(self):
         """After backward: count this step's gradient; update every level whose chunk is complete."""
         self.step_count += 1
         for group in self.groups:
+            self._check_grads(group)
             group.pending += 1
             due = group.pending == group.period
             for level in group.levels:
@@ -105,7 +161,7 @@ class CMSScheduler:
         self.step_count = 0
         for group in self.groups:
             group.pending = 0
-            _zero(group.params)
+            _zero(group.flat_grads)
         for level in self.levels:
             level.updates = 0
             level.updated_last_step = False
@@ -116,14 +172,21 @@ class CMSScheduler:
 
     def capture_graphs(self):
         """Record every group's full-chunk update as a CUDA graph. Call once each level has updated
-        at least once (its optimizer state exists) and every gradient buffer is allocated."""
+        at least once (its optimizer state exists)."""
         pool = torch.cuda.graph_pool_handle()
         for group in self.groups:
-            if any(lv.updates == 0 for lv in group.levels) or any(p.grad is None for p in group.params):
+            if any(lv.updates == 0 for lv in group.levels):
                 raise RuntimeError(f"period-{group.period} levels have not updated yet: capture after their first update")
             group.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(group.graph, pool=pool):
                 self._update(group, group.period)
+
+    def _check_grads(self, group):
+        """The gradients must still be the views of the flat buffer (host-side pointer check, no sync)."""
+        for (p, _), ptr in zip(group.views, group.grad_ptrs):
+            if p.grad is None or p.grad.data_ptr() != ptr:
+                raise RuntimeError("a parameter's .grad was replaced or set to None (e.g. by model.zero_grad()): "
+                                   "the CMS scheduler owns the gradient buffers; use scheduler.zero_grad()")
 
     def _apply(self, group):
         if group.graph is not None and group.pending == group.period:
@@ -135,14 +198,41 @@ class CMSScheduler:
             level.updates += 1
 
     def _update(self, group, n_grads):
-        grads = [p.grad for p in group.params if p.grad is not None]
         if self.accumulate == "mean" and n_grads > 1:
-            torch._foreach_div_(grads, n_grads)
+            torch._foreach_div_(group.flat_grads, n_grads)
         group.optimizer.step()
-        torch._foreach_zero_(grads)
+        _zero(group.flat_grads)
 
 
-def _zero(params):
-    grads = [p.grad for p in params if p.grad is not None]
-    if grads:
-        torch._foreach_zero_(grads)
+def _flatten(params):
+    """One flat parameter and one flat gradient per (device, dtype); every parameter and its .grad
+    become views into them. Returns (flats, views)."""
+    flats, views = [], []
+    for device, dtype in dict.fromkeys((p.device, p.dtype) for p in params):
+        members = [p for p in params if (p.device, p.dtype) == (device, dtype)]
+        flat = torch.cat([p.detach().reshape(-1) for p in members])
+        flat_grad = torch.cat([torch.zeros_like(p).reshape(-1) if p.grad is None else p.grad.detach().reshape(-1)
+                               for p in members])            # keeps any gradient already accumulated
+        flat.grad = flat_grad
+        offset = 0
+        for p in members:
+            n = p.numel()
+            p.data = flat[offset:offset + n].view_as(p)
+            p.grad = flat_grad[offset:offset + n].view_as(p)
+            offset += n
+        flats.append((flat, flat_grad))
+    views = [(p, p.grad) for p in params]
+    return flats, views
+
+
+def _separate(params):
+    """flatten=False: per-tensor gradients, allocated once (zeros) and zeroed in place like the flat ones."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return [(p, p.grad) for p in params], [(p, p.grad) for p in params]
+
+
+def _zero(tensors):
+    if tensors:
+        torch._foreach_zero_(tensors)

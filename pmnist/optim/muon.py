@@ -7,7 +7,10 @@ Weight matrices (ndim >= 3 here: seed axis + [rows, cols]), per seed, step t, gr
     W  <- W - lr * max(1, rows/cols)^0.5 * NS(U_t)        (NS: newton_schulz.py, ns_steps iterations)
 
 NS(U) has spectral norm ~1 whatever the gradient scale, so lr is the step size in spectral norm
-(typical lr ~0.02). Biases and other vectors (ndim <= 2 here) take an Adam step with the same lr:
+(typical lr ~0.02). NS runs in `ns_dtype` (bfloat16 by default, as the reference implementation;
+float32 for the control), one call per distinct matrix shape per step (matrices of equal shape are
+batched together with the seeds). Biases and other vectors (ndim <= 2 here) take an Adam step with
+the same lr:
 
     m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2,  p <- p - lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
 
@@ -16,7 +19,7 @@ step and updated in place; step() never branches in Python on a step count or a 
 """
 import torch
 
-from pmnist.optim.newton_schulz import is_matrix, orthogonalise
+from pmnist.optim.newton_schulz import DTYPES, is_matrix, orthogonalise_many
 
 
 def step_counter(like):
@@ -40,15 +43,24 @@ def adam_direction(state, g, betas, eps):
     return (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
 
 
+def shape_scale(p):
+    """Muon's max(1, rows/cols)^0.5 for a seed-batched matrix [S, rows, cols...]."""
+    return max(1.0, p.shape[1] / p[0, 0].numel()) ** 0.5
+
+
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr, momentum=0.95, nesterov=True, ns_steps=5, adam_betas=(0.9, 0.999), eps=1e-8):
+    def __init__(self, params, lr, momentum=0.95, nesterov=True, ns_steps=5, ns_dtype="bfloat16",
+                 adam_betas=(0.9, 0.999), eps=1e-8):
+        if ns_dtype not in DTYPES:
+            raise ValueError(f"ns_dtype must be one of {', '.join(DTYPES)}, got {ns_dtype!r}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                                      adam_betas=tuple(adam_betas), eps=eps))
+                                      ns_dtype=ns_dtype, adam_betas=tuple(adam_betas), eps=eps))
 
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
             lr, mu = group["lr"], group["momentum"]
+            matrices, directions = [], []
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -60,6 +72,8 @@ class Muon(torch.optim.Optimizer):
                     state["momentum_buffer"] = torch.zeros_like(g)
                 buf = state["momentum_buffer"]
                 buf.mul_(mu).add_(g)
-                u = g.add(buf, alpha=mu) if group["nesterov"] else buf
-                rows, cols = p.shape[1], p[0, 0].numel()
-                p.sub_(orthogonalise(u, group["ns_steps"]), alpha=lr * max(1.0, rows / cols) ** 0.5)
+                matrices.append(p)
+                directions.append(g.add(buf, alpha=mu) if group["nesterov"] else buf)
+            orthogonal = orthogonalise_many(directions, group["ns_steps"], DTYPES[group["ns_dtype"]])
+            for p, o in zip(matrices, orthogonal):
+                p.sub_(o, alpha=lr * shape_scale(p))

@@ -1,17 +1,32 @@
-"""Newton-Schulz orthogonalisation, batched over the leading seed axis.
+"""Newton-Schulz orthogonalisation, batched over the leading seed axis (and over matrices of one shape).
 
 For a matrix G = U S V^T, returns approximately U V^T (every singular value mapped towards 1) using
-the quintic iteration of Muon (Jordan et al. 2024):
+the quintic iteration of Muon (Jordan et al. 2024, github.com/KellerJordan/Muon):
 
-    X_0 = G / ||G||_F                     (per seed, so every singular value is <= 1)
+    X_0 = G / (||G||_F + eps)             (per seed, so every singular value is <= 1)
     X_{k+1} = a X_k + (b A_k + c A_k^2) X_k,   A_k = X_k X_k^T,   (a, b, c) = (3.4445, -4.7750, 2.0315)
 
-The coefficients trade exactness for speed: after 5 steps the singular values land in roughly
-[0.7, 1.2] rather than exactly at 1 (tiny ones, below ~1e-3 of the norm, stay small).
+iterated on the wide orientation (rows <= cols, so A is the smaller Gram matrix). The coefficients
+trade exactness for speed: after 5 steps the singular values land in roughly [0.7, 1.2] rather than
+exactly at 1 (tiny ones, below ~1e-3 of the norm, stay small).
+
+Precision (`dtype`): the reference implementation iterates in bfloat16 (tensor cores; its claim and
+ours: the iteration is self-correcting and its output only needs to be roughly orthogonal), so that is
+the default (`ns_dtype: bfloat16` in the optimizers' args); `float32` is the control. The Frobenius
+normalisation is done in the input's precision before the cast, and the result is returned in the
+input's dtype. bench/ns_precision.py measures the error against float64 and the time per call.
+Each iteration is three batched matmuls, two of them fused with the axpy (baddbmm).
 """
 import torch
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
+
+
+def ns_dtype(name):
+    if name not in DTYPES:
+        raise ValueError(f"ns_dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return DTYPES[name]
 
 
 def is_matrix(p):
@@ -19,22 +34,41 @@ def is_matrix(p):
     return p.ndim >= 3
 
 
-def newton_schulz(G, steps=5, eps=1e-7):
-    """Orthogonalise G [S, rows, cols] per seed (dim 0). Runs in float32; returns G's dtype."""
+def newton_schulz(G, steps=5, dtype=torch.float32, eps=1e-7):
+    """Orthogonalise G [B, rows, cols] per slice (dim 0: seeds, or seeds x matrices). Iterates in
+    `dtype` (a torch dtype or its name); returns G's dtype."""
+    if isinstance(dtype, str):
+        dtype = ns_dtype(dtype)
     a, b, c = NS_COEFFS
-    X = G.float()
-    tall = X.size(-2) > X.size(-1)
-    if tall:  # iterate on the smaller Gram matrix X X^T
-        X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    tall = G.size(-2) > G.size(-1)
+    X = G.mT if tall else G       # iterate on the smaller Gram matrix X X^T
+    X = (X / (X.norm(dim=(-2, -1), keepdim=True) + eps)).to(dtype)
     for _ in range(steps):
-        A = X @ X.mT
-        X = a * X + (b * A + c * A @ A) @ X
+        A = torch.bmm(X, X.mT)
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)     # b A + c A A
+        X = torch.baddbmm(X, B, X, beta=a)             # a X + B X
     if tall:
         X = X.mT
     return X.to(G.dtype)
 
 
-def orthogonalise(M, steps):
+def orthogonalise(M, steps, dtype=torch.float32):
     """newton_schulz on a parameter-shaped tensor [S, d1, d2, ...], viewed as [S, d1, d2*...]."""
-    return newton_schulz(M.reshape(M.shape[0], M.shape[1], -1), steps).view_as(M)
+    return newton_schulz(M.reshape(M.shape[0], M.shape[1], -1), steps, dtype).reshape(M.shape)
+
+
+def orthogonalise_many(tensors, steps, dtype=torch.float32):
+    """orthogonalise() of every tensor, one Newton-Schulz call per distinct matrix shape: tensors of
+    equal [d1, d2*...] are concatenated along the batch axis (each slice is still normalised and
+    iterated alone, so the result equals one call per tensor). Returns the results in order."""
+    mats = [t.reshape(t.shape[0], t.shape[1], -1) for t in tensors]
+    out = [None] * len(mats)
+    by_shape = {}
+    for i, m in enumerate(mats):
+        by_shape.setdefault((tuple(m.shape[1:]), m.dtype, m.device), []).append(i)
+    for idx in by_shape.values():
+        batch = mats[idx[0]] if len(idx) == 1 else torch.cat([mats[i] for i in idx])
+        result = newton_schulz(batch, steps, dtype)
+        for i, part in zip(idx, result.split([mats[i].shape[0] for i in idx])):
+            out[i] = part.reshape(tensors[i].shape)
+    return out
