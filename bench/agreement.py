@@ -242,8 +242,9 @@ def compare(ours, theirs):
     a, b = final_average_accuracy(ours) * 100, final_average_accuracy(theirs) * 100
     d_acc = a.mean() - b.mean()
     se_acc = np.sqrt((a.var(ddof=1) + b.var(ddof=1)) / S)
+    paired_sd = (a - b).std(ddof=1)  # small when the two sides see the same batches (same init and order)
     fa, fb = average_forgetting(ours) * 100, average_forgetting(theirs) * 100
-    return {"d_acc": d_acc, "se_acc": se_acc, "d_fgt": fa.mean() - fb.mean(),
+    return {"d_acc": d_acc, "se_acc": se_acc, "paired_sd": paired_sd, "d_fgt": fa.mean() - fb.mean(),
             "se_fgt": np.sqrt((fa.var(ddof=1) + fb.var(ddof=1)) / S),
             "max_abs_dR": abs(dmat[i, j]), "at": (int(i), int(j)), "se_at": se_mat[i, j]}
 
@@ -298,7 +299,7 @@ def main():
           f"n_F {args.fisher_samples}  SI c {args.si_c} ξ {args.si_xi}  replay {args.buffer_size}/{args.replay_batch_size}")
 
     results = {"args": vars(args), "seeds": seeds, "torch": torch.__version__, "avalanche": aval_version, "rows": []}
-    header = (f"| method | implementation | final acc % (mean ± sd) | forgetting % (mean ± sd) | Δacc ours−A (± SE) "
+    header = (f"| method | implementation | final acc % (mean ± sd) | forgetting % (mean ± sd) | Δacc ours−A (± SE; paired sd) "
               f"| max abs ΔR̄ (entry i,j; SE) | verdict | s |")
     lines = [header, "|" + "---|" * 8]
     for m in args.methods:
@@ -320,7 +321,7 @@ def main():
             rec = {"method": m, "impl": f"avalanche: {name}", "shuffled": shuffled, "R": theirs.tolist(), **s}
             if ours is not None:
                 c = compare(ours, theirs)
-                row += (f"| {c['d_acc']:+.2f} ± {c['se_acc']:.2f} | {c['max_abs_dR']:.2f} ({c['at'][0]},{c['at'][1]}; "
+                row += (f"| {c['d_acc']:+.2f} ± {c['se_acc']:.2f}; {c['paired_sd']:.2f} | {c['max_abs_dR']:.2f} ({c['at'][0]},{c['at'][1]}; "
                         f"{c['se_at']:.2f}) | {verdict(c)} ")
                 rec.update(c, verdict=verdict(c))
             else:

@@ -47,7 +47,7 @@ def only_runs(lrs: dict, overrides=TINY) -> dict:
             "stats": {**overrides.get("stats", {}), "reference": next(iter(lrs)), "comparisons": [],
                       "primary": [{"run": name, "control": next(iter(lrs)), "metric": "forgetting_pct"}
                                   for name in list(lrs)[1:]], "interactions": []},
-            "plots": {**overrides.get("plots", {}), "tradeoff": {}},
+            "plots": {**overrides.get("plots", {}), "tradeoff": {g: DROP for g in params["plots"].get("tradeoff") or {}}},
             "provenance": {name: DROP for name in params.get("provenance") or {} if name not in lrs}}
 
 
