@@ -135,18 +135,31 @@ def run_ours(method, run, seeds, data, perms, epochs):
 
 # ---- Avalanche -------------------------------------------------------------------------------------
 
+def si_copying_extract_weights(model, target, excluded_parameters):
+    """SynapticIntelligencePlugin.extract_weights storing a COPY of each parameter. Avalanche 0.6.0 stores
+    `param.detach().cpu().flatten()`, which on a CPU model is a view of the live parameter (no copy), so
+    θ_old, θ_new and the anchor all follow the weights, every Δθ is 0 and SI does nothing; on CUDA .cpu()
+    copies. With this, SI on CPU behaves as Avalanche's SI does on a GPU."""
+    from avalanche.training.plugins import SynapticIntelligencePlugin
+    for name, param in SynapticIntelligencePlugin.allowed_parameters(model, excluded_parameters):
+        target[name].data = param.detach().flatten().clone().cpu()
+
+
 def avalanche_variants(args):
-    """method -> [(variant name, shuffled?, factory(plugins list, model, optimizer) -> strategy)]."""
+    """method -> [(variant name, shuffled?, factory(model, optimizer) -> strategy, SI copy fix?)]."""
     from avalanche.training import Cumulative, Naive
     from avalanche.training.plugins import EWCPlugin, EvaluationPlugin, ReplayPlugin, SynapticIntelligencePlugin
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
     class EWCPerSample(EWCPlugin):
-        """Avalanche's EWC with its importance computed from single-sample gradients (batch 1): the mean
-        of squared per-sample gradients (empirical Fisher) instead of squared minibatch-mean gradients."""
+        """Avalanche's EWC with its importance computed from single-sample gradients (batch 1) of the
+        experience's first --fisher-samples images (a random sample: the dataset is in a seeded random
+        order): the mean of squared per-sample gradients (empirical Fisher, true labels) instead of the
+        squared minibatch-mean gradients over every image. The full 10k at batch 1 takes minutes per seed."""
 
         def compute_importances(self, model, criterion, optimizer, dataset, device, batch_size, num_workers=0):
-            return super().compute_importances(model, criterion, optimizer, dataset, device, 1, num_workers)
+            subset = dataset.subset(list(range(min(args.fisher_samples, len(dataset)))))
+            return super().compute_importances(model, criterion, optimizer, subset, device, 1, num_workers)
 
     class SINoClip(SynapticIntelligencePlugin):
         """Avalanche's SI with its importance left unclipped (it clamps Ω at 0.001 from above)."""
@@ -182,25 +195,38 @@ def avalanche_variants(args):
     replay = lambda: ReplayPlugin(mem_size=args.buffer_size, batch_size_mem=args.replay_batch_size,
                                   storage_policy=reservoir())
     return {
-        "none": [("Naive", False, lambda m, o: naive()(m, o)),
-                 ("Naive, shuffled", True, lambda m, o: naive()(m, o))],
+        "none": [("Naive", False, lambda m, o: naive()(m, o), False),
+                 ("Naive, shuffled", True, lambda m, o: naive()(m, o), False)],
         "ewc": [("EWCPlugin online (as shipped)", False,
-                 lambda m, o: naive(EWCPlugin(ewc_l, mode="online", decay_factor=args.ewc_gamma))(m, o)),
-                ("EWCPlugin online, per-sample Fisher", False,
-                 lambda m, o: naive(EWCPerSample(ewc_l, mode="online", decay_factor=args.ewc_gamma))(m, o))],
-        "si": [("SynapticIntelligencePlugin (as shipped)", False,
-                lambda m, o: naive(SynapticIntelligencePlugin(si_l, eps=args.si_xi))(m, o)),
-               ("SI, no clip", False, lambda m, o: naive(SINoClip(si_l, eps=args.si_xi))(m, o)),
-               ("SI, no clip, task-loss gradient", False,
-                lambda m, o: naive(SINoClipTaskGrad(si_l, eps=args.si_xi))(m, o))],
-        "replay": [("ReplayPlugin + reservoir, shuffled", True, lambda m, o: naive(replay())(m, o)),
-                   ("ReplayPlugin + reservoir, our order", False, lambda m, o: naive(replay())(m, o))],
+                 lambda m, o: naive(EWCPlugin(ewc_l, mode="online", decay_factor=args.ewc_gamma))(m, o), False),
+                (f"EWCPlugin online, per-sample Fisher of {args.fisher_samples} images", False,
+                 lambda m, o: naive(EWCPerSample(ewc_l, mode="online", decay_factor=args.ewc_gamma))(m, o), False)],
+        "si": [("SynapticIntelligencePlugin (as shipped; a no-op on CPU)", False,
+                lambda m, o: naive(SynapticIntelligencePlugin(si_l, eps=args.si_xi))(m, o), False),
+               ("SI + copy fix (= its GPU behaviour)", False,
+                lambda m, o: naive(SynapticIntelligencePlugin(si_l, eps=args.si_xi))(m, o), True),
+               ("SI + copy fix, no clip", False, lambda m, o: naive(SINoClip(si_l, eps=args.si_xi))(m, o), True),
+               ("SI + copy fix, no clip, task-loss gradient", False,
+                lambda m, o: naive(SINoClipTaskGrad(si_l, eps=args.si_xi))(m, o), True)],
+        "replay": [("ReplayPlugin + reservoir, shuffled", True, lambda m, o: naive(replay())(m, o), False),
+                   ("ReplayPlugin + reservoir, our order", False, lambda m, o: naive(replay())(m, o), False)],
         "joint": [("Cumulative, shuffled", True,
-                   lambda m, o: Cumulative(model=m, optimizer=o, **common))],
+                   lambda m, o: Cumulative(model=m, optimizer=o, **common), False)],
     }
 
 
-def run_avalanche(factory, shuffled, seeds, data, perms, orders, hidden_dims, lr):
+def run_avalanche(factory, shuffled, si_copy_fix, seeds, data, perms, orders, hidden_dims, lr):
+    from avalanche.training.plugins import SynapticIntelligencePlugin
+    shipped = SynapticIntelligencePlugin.__dict__["extract_weights"]
+    if si_copy_fix:
+        SynapticIntelligencePlugin.extract_weights = staticmethod(si_copying_extract_weights)
+    try:
+        return _run_avalanche(factory, shuffled, seeds, data, perms, orders, hidden_dims, lr)
+    finally:
+        SynapticIntelligencePlugin.extract_weights = shipped
+
+
+def _run_avalanche(factory, shuffled, seeds, data, perms, orders, hidden_dims, lr):
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
     train_x, train_y, test_x, test_y = data
@@ -298,7 +324,13 @@ def main():
           f"Adam lr {args.lr}  batch {args.batch_size}  EWC λ {args.ewc_lambda} γ {args.ewc_gamma} "
           f"n_F {args.fisher_samples}  SI c {args.si_c} ξ {args.si_xi}  replay {args.buffer_size}/{args.replay_batch_size}")
 
-    results = {"args": vars(args), "seeds": seeds, "torch": torch.__version__, "avalanche": aval_version, "rows": []}
+    import hashlib
+    tested = {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
+              for p in [ROOT / "pmnist/train.py", *sorted((ROOT / "pmnist/methods").glob("*.py")),
+                        ROOT / "pmnist/optim/cms.py", ROOT / "pmnist/optim/elementwise.py",
+                        ROOT / "pmnist/models/mlp.py", ROOT / "pmnist/models/layers.py"]}
+    print("# code under test (sha256[:12]): " + "  ".join(f"{k} {v}" for k, v in tested.items()))
+    results = {"args": vars(args), "tested": tested, "seeds": seeds, "torch": torch.__version__, "avalanche": aval_version, "rows": []}
     header = (f"| method | implementation | final acc % (mean ± sd) | forgetting % (mean ± sd) | Δacc ours−A (± SE; paired sd) "
               f"| max abs ΔR̄ (entry i,j; SE) | verdict | s |")
     lines = [header, "|" + "---|" * 8]
@@ -313,9 +345,9 @@ def main():
                          f"| | | | {time.time() - t:.0f} |")
             results["rows"].append({"method": m, "impl": "ours", "R": ours.tolist(), **s})
             print(lines[-1], flush=True)
-        for name, shuffled, factory in variants.get(m, []):
+        for name, shuffled, factory, si_copy_fix in variants.get(m, []):
             t = time.time()
-            theirs = run_avalanche(factory, shuffled, seeds, data, perms, orders, hidden, args.lr)
+            theirs = run_avalanche(factory, shuffled, si_copy_fix, seeds, data, perms, orders, hidden, args.lr)
             s = summarise(theirs)
             row = f"| {m} | Avalanche: {name} | {s['acc_mean']:.2f} ± {s['acc_sd']:.2f} | {s['fgt_mean']:.2f} ± {s['fgt_sd']:.2f} "
             rec = {"method": m, "impl": f"avalanche: {name}", "shuffled": shuffled, "R": theirs.tolist(), **s}

@@ -103,6 +103,8 @@ def like_default(key, v, default):
     number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
     if isinstance(default, bool):
         return boolean(key, v)
+    if isinstance(default, str) and not isinstance(v, str):
+        fail(key, f"must be a string like the default {default!r}, got {v!r}")
     if isinstance(default, int):
         if not isinstance(v, int) or isinstance(v, bool):
             fail(key, f"must be an integer like the default {default!r}, got {v!r}")

@@ -9,19 +9,23 @@ The directory is replaced whole, only after every seed finished (pmnist.io.atomi
 the previous one while this runs (`persist: true`), so a failed or stopped run loses nothing.
 Timings go to the log only: nothing here depends on the wall clock, so a rerun rewrites nothing.
 """
-import os
-import sys
+import time
 
-import numpy as np
-import torch
+STARTED = time.perf_counter()  # before the heavy imports: the log's start-up time includes them
 
-from pmnist.cli import run_stage
-from pmnist.config import load_params
-from pmnist.data import load_mnist, load_permutations
-from pmnist.errors import ConfigError, DataError
-from pmnist.io import atomic_dir, read_npz, require_file, write_json, write_npz
-from pmnist.headline import headline_means, learned_nothing
-from pmnist.train import build_run, graph_safe, resolve_device, train_continual
+import os  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from pmnist.cli import run_stage  # noqa: E402
+from pmnist.config import load_params  # noqa: E402
+from pmnist.data import load_mnist, load_permutations  # noqa: E402
+from pmnist.errors import ConfigError, DataError  # noqa: E402
+from pmnist.io import atomic_dir, read_npz, require_file, write_json, write_npz  # noqa: E402
+from pmnist.headline import headline_means, learned_nothing  # noqa: E402
+from pmnist.train import build_run, graph_safe, resolve_device, train_continual  # noqa: E402
 
 
 def main(run_name):
@@ -58,11 +62,13 @@ def main(run_name):
     print(f"[{run_name}] {run['model']} + {run['optimizer']} + method {run['method']} lr {run['lr']:g} "
           f"periods {run['periods']} batch {run['batch_size']} | {len(seeds)} seeds x {protocol['n_tasks']} tasks "
           f"x {train['epochs']} epochs x {len(train_x)} images on {device}", flush=True)
+    setup = time.perf_counter() - STARTED
     result = train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, seeds=seeds,
                              epochs=train["epochs"], batch_size=run["batch_size"], method=method, name=run_name,
                              cuda_graphs=train["cuda_graphs"] and graph_safe(run),
                              log=lambda line: print(line, flush=True))
 
+    trained = time.perf_counter() - STARTED - setup
     with atomic_dir(f"results/runs/{run_name}") as out:
         for k, seed in enumerate(seeds):
             write_npz(out / f"seed_{k}.npz", accuracy=result["accuracy"][k], untrained_accuracy=result["untrained_accuracy"][k],
@@ -71,6 +77,8 @@ def main(run_name):
     write_json(f"results/metrics/{run_name}.json", headline)
     print(f"[{run_name}] " + ", ".join(f"{k} {v}" for k, v in headline.items()) +
           f" (mean of {len(seeds)} seeds) -> results/runs/{run_name}/, results/metrics/{run_name}.json", flush=True)
+    print(f"[{run_name}] wall time (log only): start-up {setup:.1f}s (imports, params, data, model), training + "
+          f"evaluation {trained:.1f}s, total {time.perf_counter() - STARTED:.1f}s", flush=True)
     dead = [seeds[k] for k in np.flatnonzero(learned_nothing(result["accuracy"]))]
     if dead:
         print(f"[{run_name}] WARNING: learned nothing (every task stayed near chance) on seed(s) "

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The validation grid of README "Choosing hyperparameters", run as DVC queued experiments on one
+# machine (a lent GPU: torch in its image, DVC from .whl/). Each line of GRID_FILE holds the arguments
+# of one `dvc exp run --queue` (e.g. `-S 'runs.cms.lr=5e-5,1e-4' train@cms`); every experiment gets
+# the tuning protocol: validation split, tuning seeds, the full number of epochs of params.yaml.
+#   bash bench/tune.sh GRID_FILE [WORKERS]   -> ${OUT:-.}/exps.json (`dvc exp show --json`), tune.log
+# Then, here: python -m stages.select --exps exps.json <runs> --write
+set -euo pipefail
+grid="$1"; workers="${2:-4}"; out="${OUT:-.}"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$HOME/site" .whl/*.whl
+export PYTHONPATH="$HOME/site" PATH="$HOME/site/bin:$PATH" MNIST_MIRROR="$PWD/.mnist" PYTHONUNBUFFERED=1
+if [ ! -d .git ]; then  # DVC wants a git repo; the copy may come without one
+  git init -q && git add -A >/dev/null && git -c user.name=gpu -c user.email=gpu@localhost commit -qm copy
+fi
+git config user.name gpu; git config user.email gpu@localhost
+TUNING=(-S protocol.seed=1000 -S protocol.n_seeds=10 -S train.eval_split=validation)
+while read -r line; do
+  [ -z "$line" ] || [ "${line:0:1}" = "#" ] && continue
+  eval "dvc exp run --queue ${TUNING[*]} $line" | tail -n +1
+done < "$grid"
+start=$(date +%s)
+dvc queue start -j "$workers"
+while dvc queue status | grep -qE "Queued|Running"; do sleep 10; done
+echo "grid took $(( $(date +%s) - start )) s with $workers workers"
+dvc queue status | tee "$out/tune.log"
+for name in $(dvc queue status | awk '$NF=="Failed"{print $1}'); do dvc queue logs "$name" | tail -20; done
+dvc exp show --json > "$out/exps.json"
