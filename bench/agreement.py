@@ -211,7 +211,7 @@ def avalanche_variants(args):
         "replay": [("ReplayPlugin + reservoir, shuffled", True, lambda m, o: naive(replay())(m, o), False),
                    ("ReplayPlugin + reservoir, our order", False, lambda m, o: naive(replay())(m, o), False)],
         "joint": [("Cumulative, shuffled", True,
-                   lambda m, o: Cumulative(model=m, optimizer=o, **common), False)],
+                   lambda m, o: Cumulative(model=m, optimizer=o, criterion=nn.CrossEntropyLoss(), **common), False)],
     }
 
 

@@ -16,11 +16,16 @@ git config user.name gpu; git config user.email gpu@localhost
 TUNING=(-S protocol.seed=1000 -S protocol.n_seeds=10 -S train.eval_split=validation)
 while read -r line; do
   [ -z "$line" ] || [ "${line:0:1}" = "#" ] && continue
-  eval "dvc exp run --queue ${TUNING[*]} $line" | tail -n +1
+  eval "dvc exp run --queue ${TUNING[*]} $line"
 done < "$grid"
 start=$(date +%s)
-dvc queue start -j "$workers"
-while dvc queue status | grep -qE "Queued|Running"; do sleep 10; done
+# Workers detach: give them no handle on this script's output, or a caller piping it waits for them.
+dvc queue start -j "$workers" </dev/null >/dev/null 2>&1
+while true; do  # (not `dvc queue status | grep -q`: with pipefail, grep's early exit ends the loop)
+  status=$(dvc queue status)
+  grep -qE "Queued|Running" <<<"$status" || break
+  sleep 10
+done
 echo "grid took $(( $(date +%s) - start )) s with $workers workers"
 dvc queue status | tee "$out/tune.log"
 for name in $(dvc queue status | awk '$NF=="Failed"{print $1}'); do dvc queue logs "$name" | tail -20; done

@@ -63,6 +63,7 @@ SCHEMA = {
         "n_seeds": positive_int,
         "n_tasks": positive_int,
         "identity_first_task": boolean,
+        "pad_to": (one_of(28, 32), 28),              # 32: zero-pad to 32x32 (1024 pixels) before permuting
     },
     "split": {
         "validation_size": positive_int,
@@ -70,6 +71,7 @@ SCHEMA = {
     },
     "train": {
         "epochs": positive_int,
+        "iterations_per_task": (non_negative_int, 0),  # > 0: exactly this many steps per task (epochs unused)
         "batch_size": positive_int,
         "train_subset": non_negative_int,
         "eval_split": one_of("test", "validation"),

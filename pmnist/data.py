@@ -1,5 +1,5 @@
-"""The verified MNIST files read with torchvision's IDX reader, the seeded task permutations (made and
-checked), and the validation split. (Downloading is pmnist/download.py.)"""
+"""The verified MNIST files read with torchvision's IDX reader, the optional zero padding to 32x32, the
+seeded task permutations (made and checked), and the validation split. (Downloading is pmnist/download.py.)"""
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,48 @@ def load_mnist(directory):
             read("t10k-labels-idx1-ubyte", read_label_file, 10000).long())
 
 
+MNIST_SIDE = 28
+
+
+def image_pixels(pad_to=MNIST_SIDE):
+    """Pixels per image under protocol.pad_to: 784 (28x28, the default) or 1024 (32x32)."""
+    return pad_to * pad_to
+
+
+def pad_images(images, pad_to=MNIST_SIDE):
+    """uint8 [N, 784] -> uint8 [N, pad_to**2]: each 28x28 image centred in a pad_to x pad_to frame of
+    zeros ((pad_to - 28) / 2 pixels on every side), flattened row by row. pad_to 28 returns `images`
+    itself, untouched (the default protocol: nothing is copied or changed).
+
+    pad_to 32 matches van de Ven & Tolias 2019 ("Three scenarios for continual learning", arXiv
+    1904.07734), checked against their code (github.com/GMvandeVen/continual-learning: data.py at
+    commit 9945f84, Dec 2019, the code of that paper; the 2022 rewrite's data/available.py 'MNIST32'
+    and data/load.py take the same steps): permuted MNIST uses the transforms [transforms.Pad(2),
+    transforms.ToTensor()] (zero padding, 2 pixels each side, to 32x32; pixels scaled to [0, 1], no
+    normalisation), then `_permutate_image_pixels` flattens the padded image to (c, 32*32) and indexes
+    it with `np.random.permutation(config['size']**2)`, size 32: each task permutes all 1024 pixels,
+    border included, so the border zeros are scattered over the image. The same here: pad first (this
+    function), then permute all pad_to**2 pixels (make_permutations with image_pixels(pad_to), applied
+    by pmnist.train.gather_batch). What differs: their permutations come from numpy's global RNG (ours
+    from each seed's torch generator), and their main.py leaves task 1 unpermuted only when --seed is 0
+    (`exception=True if args.seed==0`; _compare.py starts at seed 1), see protocol.identity_first_task."""
+    if pad_to == MNIST_SIDE:
+        return images
+    border, rem = divmod(pad_to - MNIST_SIDE, 2)
+    if border < 0 or rem or images.shape[1:] != (MNIST_SIDE * MNIST_SIDE,):
+        raise ValueError(f"pad_images: need images [N, 784] and an even pad_to >= 28, got {tuple(images.shape)} "
+                         f"and {pad_to}")
+    out = torch.zeros(images.shape[0], pad_to, pad_to, dtype=images.dtype, device=images.device)
+    out[:, border:border + MNIST_SIDE, border:border + MNIST_SIDE] = images.view(-1, MNIST_SIDE, MNIST_SIDE)
+    return out.view(images.shape[0], pad_to * pad_to)
+
+
 def make_permutations(seed, n_seeds, n_tasks, identity_first_task=False, n_pixels=784):
     """[n_seeds, n_tasks, n_pixels]: seed k draws torch.randperm(n_pixels) per task, in order, from
     torch.Generator().manual_seed(seed + k). With identity_first_task, task 0 is replaced by the
-    identity (tasks 1.. are unchanged, so the two settings differ only in task 0)."""
+    identity (tasks 1.. are unchanged, so the two settings differ only in task 0). n_pixels is
+    image_pixels(protocol.pad_to): 784 by default (the study's permutations, unchanged), 1024 with
+    pad_to 32 (permutations of the whole padded image, as van de Ven & Tolias 2019; see pad_images)."""
     perms = torch.empty(n_seeds, n_tasks, n_pixels, dtype=torch.long)
     for k in range(n_seeds):
         g = torch.Generator().manual_seed(seed + k)
@@ -54,7 +92,7 @@ def load_permutations(path, n_seeds, n_tasks, n_pixels=784):
     fix = "run `dvc repro -f permutations`"
     if perms.shape != (n_seeds, n_tasks, n_pixels):
         raise DataError(f"{path}: shape {perms.shape}, params want {n_seeds} seeds x {n_tasks} tasks x "
-                        f"{n_pixels} pixels (protocol.n_seeds, protocol.n_tasks); {fix}")
+                        f"{n_pixels} pixels (protocol.n_seeds, protocol.n_tasks, protocol.pad_to squared); {fix}")
     if not np.issubdtype(perms.dtype, np.integer):
         raise DataError(f"{path}: dtype {perms.dtype}, expected integer pixel indices; {fix}")
     if not (np.sort(perms, axis=-1) == np.arange(n_pixels)).all():

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from pmnist.errors import DivergenceError
 from pmnist.methods import METHODS, build_method
-from pmnist.models import build_model
+from pmnist.models import DEFAULT_IN_DIM, build_model
 from pmnist.optim import OPTIMIZERS, build_optimizer
 from pmnist.optim.cms import CMSScheduler
 
@@ -34,9 +34,10 @@ def graph_safe(run: dict) -> bool:
     return OPTIMIZERS[run["optimizer"]].graph_safe and METHODS[run["method"]].graph_safe
 
 
-def build_run(run: dict, model_cfg: dict, seeds, device):
-    """(model, scheduler, method) for one run's settings (a validated `runs.<name>` entry)."""
-    model = build_model(run["model"], seeds, model_cfg).to(device)
+def build_run(run: dict, model_cfg: dict, seeds, device, in_dim=DEFAULT_IN_DIM):
+    """(model, scheduler, method) for one run's settings (a validated `runs.<name>` entry); in_dim: the
+    protocol's pixels per image, protocol.pad_to squared (the train stage passes it; 784 = pad_to 28)."""
+    model = build_model(run["model"], seeds, model_cfg, in_dim=in_dim).to(device)
     make_optimizer = lambda params, lr: build_optimizer(run["optimizer"], params, lr, run["optimizer_args"])
     scheduler = CMSScheduler(model.levels(), run["periods"], make_optimizer, run["lr"], accumulate=run["accumulate"],
                              lr_scale=run["lr_scale"], lr_multipliers=run["lr_multipliers"])
@@ -48,10 +49,10 @@ def build_run(run: dict, model_cfg: dict, seeds, device):
 
 
 def gather_batch(images, perm, idx):
-    """images uint8 [N, 784], idx long [S, B], perm long [S, 784] (one per seed) or [S, B, 784] (one
-    per sample) -> [S, B, 784] in [0, 1], in the default dtype (the parameters'): seed s gets
-    images[idx[s]] with its pixels permuted by its permutation."""
-    x = images[idx]                                                     # [S, B, 784]
+    """images uint8 [N, D], idx long [S, B], perm long [S, D] (one per seed) or [S, B, D] (one per
+    sample) -> [S, B, D] in [0, 1], in the default dtype (the parameters'): seed s gets images[idx[s]]
+    with its pixels permuted by its permutation. D: pixels per image (784, or 1024 padded to 32x32)."""
+    x = images[idx]                                                     # [S, B, D]
     if perm.dim() == 2:
         perm = perm.unsqueeze(1).expand(-1, idx.shape[1], -1)
     return torch.gather(x, 2, perm).to(torch.get_default_dtype()).div_(255)
@@ -59,7 +60,7 @@ def gather_batch(images, perm, idx):
 
 @torch.no_grad()
 def evaluate(model, images, labels, perm, chunk=2000):
-    """Accuracy [S] of every seed's model on the whole split, permuted by perm [S, 784]."""
+    """Accuracy [S] of every seed's model on the whole split, permuted by perm [S, D]."""
     n_seeds, n = perm.shape[0], images.shape[0]
     correct = torch.zeros(n_seeds, dtype=torch.long, device=images.device)
     for start in range(0, n, chunk):
@@ -70,7 +71,7 @@ def evaluate(model, images, labels, perm, chunk=2000):
 
 
 def evaluate_all_tasks(model, images, labels, permutations):
-    """[S, T]: accuracy of every seed on every task; permutations long [S, T, 784]."""
+    """[S, T]: accuracy of every seed on every task; permutations long [S, T, D]."""
     return torch.stack([evaluate(model, images, labels, permutations[:, t]) for t in range(permutations.shape[1])], 1)
 
 
@@ -106,7 +107,7 @@ class TrainStep:
         self.perm.copy_(self.permutations[:, task])
 
     def _forward_backward(self, idx, tasks):
-        perm = self.perm if tasks is None else self.permutations[self.seed_index, tasks]  # [S, 784] | [S, W, 784]
+        perm = self.perm if tasks is None else self.permutations[self.seed_index, tasks]  # [S, D] | [S, W, D]
         logits = self.model(gather_batch(self.train_x, perm, idx))
         loss = F.cross_entropy(logits.flatten(0, 1), self.train_y[idx].flatten(), reduction="none")
         loss = loss.view(idx.shape[0], -1).mean(1)
@@ -146,18 +147,34 @@ class TrainStep:
 
 
 def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, *, seeds, epochs,
-                    batch_size, method=None, cuda_graphs=True, name="run", log=print, on_task_end=None):
+                    batch_size, method=None, cuda_graphs=True, name="run", log=print, on_task_end=None,
+                    iterations_per_task=0):
     """Train on tasks 0..T-1 in order with `method` (None: plain training); after each task evaluate on every task.
 
-    train_x/eval_x: uint8 [N, 784] and labels [N] on the model's device; permutations: long [S, T, 784].
-    Returns float64 numpy arrays: accuracy [S, T, T] (row i: after task i), untrained_accuracy
-    [S, T] (before any training, for forward transfer) and train_loss [S, T, epochs] (the mean task
-    loss of the epoch's steps, without the method's penalty).
-    on_task_end(task, accuracy_row [S, T], train_loss [S, epochs]) is called after each task.
+    train_x/eval_x: uint8 [N, D] and labels [N] on the model's device; permutations: long [S, T, D]
+    (D pixels per image: 784, or 1024 padded to 32x32).
+
+    Length of a task: `epochs` passes over the N training images (batches of batch_size, the last one
+    short when B does not divide N: E = epochs), or, with iterations_per_task I > 0, exactly I steps
+    (`epochs` unused): batches drawn from successive epochs, each a fresh shuffle of the seed's own order
+    stream as above, the last epoch cut after the step that makes I; a task always starts a fresh epoch
+    (as van de Ven & Tolias 2019 do: a new data loader per task, 5000 iterations each). Then
+    E = ceil(I / ceil(N / batch_size)) epochs, the last one partial.
+
+    Returns float64 numpy arrays: accuracy [S, T, T] (row i: after task i), untrained_accuracy [S, T]
+    (before any training, for forward transfer) and train_loss [S, T, E]: entry e is the mean task loss
+    (without the method's penalty) over the steps of epoch e of that task, so with iterations_per_task
+    the last column averages only the steps of the cut epoch.
+    on_task_end(task, accuracy_row [S, T], train_loss [S, E]) is called after each task.
     """
     device = train_x.device
     n_seeds, n_tasks = permutations.shape[:2]
     n = train_x.shape[0]
+    if permutations.shape[2] != train_x.shape[1] or eval_x.shape[1] != train_x.shape[1]:
+        raise ValueError(f"pixels per image differ: train {train_x.shape[1]}, eval {eval_x.shape[1]}, "
+                         f"permutations {permutations.shape[2]} (pad the images as the permutations were made)")
+    steps_per_epoch = math.ceil(n / batch_size)
+    n_epochs = math.ceil(iterations_per_task / steps_per_epoch) if iterations_per_task else epochs
     if method is None:
         method = build_method("none", {}, model=model, seeds=seeds)
     # Each seed's data order comes from its own generator, seeded like its tasks.
@@ -165,17 +182,25 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
     train_step = TrainStep(model, scheduler, method, train_x, train_y, permutations, cuda_graphs)
 
     accuracy = torch.zeros(n_seeds, n_tasks, n_tasks, dtype=torch.float64)
-    train_loss = torch.zeros(n_seeds, n_tasks, epochs, dtype=torch.float64)
+    train_loss = torch.zeros(n_seeds, n_tasks, n_epochs, dtype=torch.float64)
     model.eval()
     untrained = evaluate_all_tasks(model, eval_x, eval_y, permutations).double().cpu()
 
     start, done = time.time(), 0
     for task in range(n_tasks):
         train_step.start_task(task)
-        for epoch in range(epochs):
+        steps_left = iterations_per_task
+        for epoch in range(n_epochs):
             model.train()
             order = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
             batches = method.batches(task, order, batch_size)
+            if iterations_per_task:
+                if len(batches) != steps_per_epoch:
+                    raise RuntimeError(f"method {type(method).__name__} gave {len(batches)} steps for an epoch of "
+                                       f"{n} images at batch {batch_size}; iterations_per_task counts "
+                                       f"{steps_per_epoch} per epoch")
+                batches = batches[:steps_left]  # the last epoch of the task is cut mid-way
+                steps_left -= len(batches)
             train_step.loss_sum.zero_()
             for idx, tasks in batches:
                 train_step(idx, tasks)
@@ -189,8 +214,10 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
                     f"No results written.")
             train_loss[:, task, epoch] = (train_step.loss_sum / len(batches)).double().cpu()
             elapsed = time.time() - start
-            eta = elapsed / done * (n_tasks * epochs - done)
-            log(f"[{name}] seeds {seeds[0]}..{seeds[-1]} task {task + 1}/{n_tasks} epoch {epoch + 1}/{epochs} "
+            eta = elapsed / done * (n_tasks * n_epochs - done)
+            steps = (f" (steps {iterations_per_task - steps_left - len(batches) + 1}-{iterations_per_task - steps_left}"
+                     f" of {iterations_per_task})" if iterations_per_task else "")
+            log(f"[{name}] seeds {seeds[0]}..{seeds[-1]} task {task + 1}/{n_tasks} epoch {epoch + 1}/{n_epochs}{steps} "
                 f"loss {train_loss[:, task, epoch].mean():.4f} | elapsed {_fmt(elapsed)} ETA {_fmt(eta)}")
         scheduler.flush()  # apply partial chunks so the evaluation sees all of this task's gradients
         method.end_task(task, train_x, permutations[:, task])

@@ -2,11 +2,11 @@
 
     dvc exp show --json > exps.json
     python -m stages.select --exps exps.json baseline cms               # print the grid and the choice
-    python -m stages.select --exps exps.json baseline cms --write       # also results/tuning/grid.csv + runs.<run>_tuned
+    python -m stages.select --exps exps.json baseline cms --write       # also results/tuning/grid.csv + runs.<run>.lr
     python -m stages.select --exps exps.json nested_ssm --write-grid    # only results/tuning/grid.csv
 
-Not a pipeline stage: run it after a tuning grid (README, "Choosing hyperparameters"). --write copies the
-chosen experiment's settings of each run into `runs.<run>_tuned` with a `provenance` line (grid, score,
+Not a pipeline stage: run it after a tuning grid (README, "Choosing hyperparameters"). --write sets
+each run's lr to the chosen one (`runs.<run>.lr`) with a `provenance` line (grid, score,
 seeds, epochs), editing params.yaml in place with comments kept, and writes every grid point to
 results/tuning/grid.csv (rows of other runs already there are kept), which the report renders.
 """
@@ -42,14 +42,13 @@ def _write_params(choices):
     with open("params.yaml") as f:
         doc = yaml.load(f)
     for c in choices:
-        best = c["best"]["params"]
         chosen = next(g for g in c["grid"] if g["chosen"])
-        doc["runs"][f"{c['run']}_tuned"] = best["runs"][c["run"]]
-        doc.setdefault("provenance", {})[f"{c['run']}_tuned"] = (
+        doc["runs"][c["run"]]["lr"] = chosen["lr"]  # the grid varies the lr only (select() checks)
+        doc.setdefault("provenance", {})[c["run"]] = (
             f"selected by stages/select.py: best of lr grid {sorted(g['lr'] for g in c['grid'])} by final average "
             f"accuracy on the validation split ({c['score']:.2f}%), tuning seeds {chosen['tuning_seeds']}, "
             f"{chosen['epochs']} epochs per task (results/tuning/grid.csv)")
-        print(f"runs.{c['run']}_tuned <- {c['best']['name']}: {dict(best['runs'][c['run']])}")
+        print(f"runs.{c['run']}.lr <- {chosen['lr']:g} ({c['best']['name']})")
     with atomic_path("params.yaml") as tmp:
         with open(tmp, "w") as f:
             yaml.dump(doc, f)
@@ -61,7 +60,7 @@ def main():
     ap.add_argument("--exps", action="append", required=True, metavar="JSON",
                     help="output of `dvc exp show --json` (repeat to pool grids run in several places)")
     ap.add_argument("runs", nargs="+", help="runs to select for")
-    ap.add_argument("--write", action="store_true", help="add runs.<run>_tuned to params.yaml and write the grid")
+    ap.add_argument("--write", action="store_true", help="set runs.<run>.lr in params.yaml to the chosen lr and write the grid")
     ap.add_argument("--write-grid", action="store_true", help=f"only write the grid to {GRID}")
     args = ap.parse_args()
 
@@ -80,7 +79,7 @@ def main():
     if not (args.write or args.write_grid):
         for c in choices:
             print(f"chosen for {c['run']}: {c['best']['name']} ({c['score']:.2f}% on validation); "
-                  f"--write adds runs.{c['run']}_tuned and writes {GRID}")
+                  f"--write sets runs.{c['run']}.lr and writes {GRID}")
         return
     old = []
     if GRID.is_file():

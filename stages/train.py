@@ -21,10 +21,11 @@ import torch  # noqa: E402
 
 from pmnist.cli import run_stage  # noqa: E402
 from pmnist.config import load_params  # noqa: E402
-from pmnist.data import load_mnist, load_permutations  # noqa: E402
+from pmnist.data import image_pixels, load_mnist, load_permutations, pad_images  # noqa: E402
 from pmnist.errors import ConfigError, DataError  # noqa: E402
 from pmnist.io import atomic_dir, read_npz, require_file, write_json, write_npz  # noqa: E402
 from pmnist.headline import headline_means, learned_nothing  # noqa: E402
+from pmnist.models import validate_model_config  # noqa: E402
 from pmnist.train import build_run, graph_safe, resolve_device, train_continual  # noqa: E402
 
 
@@ -34,6 +35,9 @@ def main(run_name):
         raise ConfigError(f"unknown run {run_name!r}; runs in params.yaml: {', '.join(params['runs'])}")
     run, train, protocol = params["runs"][run_name], params["train"], params["protocol"]
     seeds = [protocol["seed"] + k for k in range(protocol["n_seeds"])]
+    # Pixels per image: 784, or 1024 with protocol.pad_to 32; the model's input size follows it.
+    n_pixels = image_pixels(protocol["pad_to"])
+    validate_model_config(run["model"], f"runs.{run_name}.model_args", run["model_args"], in_dim=n_pixels)
 
     try:
         device = resolve_device(train["device"])
@@ -41,7 +45,7 @@ def main(run_name):
         raise ConfigError(f"params.yaml: train.device: {e}") from None
     torch.backends.cuda.matmul.allow_tf32 = train["tf32"]
 
-    permutations = load_permutations("data/permutations.npy", len(seeds), protocol["n_tasks"])
+    permutations = load_permutations("data/permutations.npy", len(seeds), protocol["n_tasks"], n_pixels)
     train_x, train_y, test_x, test_y = load_mnist("data/mnist")
     if train["eval_split"] == "validation":  # train on the rest, evaluate on the held-out images
         split = read_npz(require_file("data/split.npz", "run `dvc repro split`"))
@@ -55,16 +59,21 @@ def main(run_name):
         eval_x, eval_y = test_x, test_y
     if train["train_subset"]:
         train_x, train_y = train_x[:train["train_subset"]], train_y[:train["train_subset"]]
+    # protocol.pad_to 32: zero border to 32x32 before the task permutation (28: the images unchanged)
+    train_x, eval_x = pad_images(train_x, protocol["pad_to"]), pad_images(eval_x, protocol["pad_to"])
     to = lambda *ts: [t.to(device) for t in ts]
     train_x, train_y, eval_x, eval_y, permutations = to(train_x, train_y, eval_x, eval_y, permutations)
 
-    model, scheduler, method = build_run(run, run["model_args"], seeds, device)
+    model, scheduler, method = build_run(run, run["model_args"], seeds, device, in_dim=n_pixels)
+    length = (f"{train['iterations_per_task']} iterations" if train["iterations_per_task"] else f"{train['epochs']} epochs")
+    size = "" if protocol["pad_to"] == 28 else f" padded to {protocol['pad_to']}x{protocol['pad_to']}"
     print(f"[{run_name}] {run['model']} + {run['optimizer']} + method {run['method']} lr {run['lr']:g} "
           f"periods {run['periods']} batch {run['batch_size']} | {len(seeds)} seeds x {protocol['n_tasks']} tasks "
-          f"x {train['epochs']} epochs x {len(train_x)} images on {device}", flush=True)
+          f"x {length} x {len(train_x)} images{size} on {device}", flush=True)
     setup = time.perf_counter() - STARTED
     result = train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, seeds=seeds,
-                             epochs=train["epochs"], batch_size=run["batch_size"], method=method, name=run_name,
+                             epochs=train["epochs"], iterations_per_task=train["iterations_per_task"],
+                             batch_size=run["batch_size"], method=method, name=run_name,
                              cuda_graphs=train["cuda_graphs"] and graph_safe(run),
                              log=lambda line: print(line, flush=True))
 

@@ -1,4 +1,5 @@
-"""The reference MLP, batched over seeds: 784 -> 256 -> 128 -> 64 -> 10 with ReLU.
+"""The reference MLP, batched over seeds: 784 -> 256 -> 128 -> 64 -> 10 with ReLU (hidden_dims from
+params; the input size in_dim is the protocol's pixels per image: 784, or 1024 with protocol.pad_to 32).
 
 Its CMS levels, slow -> fast, one per hidden layer; the output layer belongs to the fastest level:
   level 1: [784->256, ReLU]   level 2: [256->128, ReLU]   level 3: [128->64, ReLU, 64->10]

@@ -1,7 +1,8 @@
 """Nested state-space model (the sound version of "Nested Learning in DHC-SSM"), batched over seeds.
 
-Each image x [784] is read as a sequence of L = sequence_length rows of P = 784 / L pixels
-(L = 28: 28 rows of 28 pixels; L = 784: one pixel per step). Per seed, with H = hidden_dim,
+Each image x [D] (D = in_dim, the protocol's pixels per image: 784, or 1024 with protocol.pad_to 32)
+is read as a sequence of L = sequence_length rows of P = D / L pixels (D = 784, L = 28: 28 rows of 28
+pixels; L = 784: one pixel per step; D = 1024, L = 32: 32 rows of 32). Per seed, with H = hidden_dim,
 N = state_dim, M = memory_hidden:
 
     u_t = GELU(W_in x_t + b_in)                      x_t in R^P, u_t in R^H
@@ -82,6 +83,8 @@ class NestedSSM(nn.Module):
     def __init__(self, seeds, hidden_dim=256, state_dim=64, sequence_length=28, memory_hidden=256,
                  in_dim=784, n_classes=10):
         super().__init__()
+        if in_dim % sequence_length:
+            raise ValueError(f"NestedSSM: sequence_length {sequence_length} must divide in_dim {in_dim}")
         self.length = sequence_length
         nets = per_seed_init(seeds, lambda: _one_seed(in_dim // sequence_length, hidden_dim, state_dim,
                                                       memory_hidden, n_classes))
@@ -102,7 +105,7 @@ class NestedSSM(nn.Module):
         self.scheduler = None
 
     def core_sequence(self, x):
-        """x [S, B, 784] -> y [S, B, L, H], the per-step SSM outputs (y_t sees x_1..x_t only)."""
+        """x [S, B, D] -> y [S, B, L, H], the per-step SSM outputs (y_t sees x_1..x_t only)."""
         S, Bt, _ = x.shape
         rows = x.reshape(S, Bt * self.length, -1)                     # [S, B*L, P]
         u = F.gelu(self.inp(rows))                                    # [S, B*L, H]
@@ -116,7 +119,7 @@ class NestedSSM(nn.Module):
         return torch.softmax(self.level_logits, dim=-1)              # [S, 3], per seed
 
     def forward(self, x, return_diagnostics=False):
-        """x [S, B, 784] -> logits [S, B, 10]; with return_diagnostics also
+        """x [S, B, D] -> logits [S, B, 10]; with return_diagnostics also
         {"levels_updated": names the scheduler's next step() updates, "level_weights": [S, 3]}."""
         # max over time: "feature seen at some step"; learned clearly faster than the mean here
         z = self.core_sequence(x).amax(dim=2)                          # [S, B, H]
