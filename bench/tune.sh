@@ -24,6 +24,7 @@ dvc queue start -j "$workers" </dev/null >/dev/null 2>&1
 while true; do  # (not `dvc queue status | grep -q`: with pipefail, grep's early exit ends the loop)
   status=$(dvc queue status)
   grep -qE "Queued|Running" <<<"$status" || break
+  if [ $(( $(date +%s) - start )) -gt "${TUNE_DEADLINE_S:-100000}" ]; then echo "deadline: reporting what finished"; break; fi
   sleep 10
 done
 echo "grid took $(( $(date +%s) - start )) s with $workers workers"
