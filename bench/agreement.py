@@ -60,8 +60,15 @@ def mnist(md5):
     return load_mnist(d)
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """A SafeLoader that reads params.yaml's numbers as pmnist.config does (its YAML 1.2 float rule)."""
+
+
+_ParamsLoader.yaml_implicit_resolvers = {k: list(v) for k, v in config._Loader.yaml_implicit_resolvers.items()}
+
+
 def raw_params():
-    return yaml.load((ROOT / "params.yaml").read_text(), Loader=config._Loader)
+    return yaml.load((ROOT / "params.yaml").read_text(), Loader=_ParamsLoader)
 
 
 def our_runs(args):
