@@ -18,8 +18,14 @@ runs=$(python3 -c "from pmnist.config import load_params; print(' '.join(load_pa
 mkdir -p "$out/logs"
 # longest first, so the slow runs do not start last
 order=$(for r in $runs; do case $r in nested_ssm*|m3*|deep_momentum) echo "0 $r";; muon*) echo "1 $r";; *) echo "2 $r";; esac; done | sort | cut -d' ' -f2)
-printf '%s\n' $order | xargs -P "$jobs" -I{} sh -c 'python3 -m stages.train {} > "$0/logs/{}.log" 2>&1 || echo "FAILED {}"' "$out"
+# RUNS_ONLY limits the runs (a second call finishing what a first could not); STUDY_DEADLINE_S stops
+# the training at that many seconds so what finished can still be committed and sent back.
+[ -n "${RUNS_ONLY:-}" ] && order="$RUNS_ONLY"
+printf '%s\n' $order | timeout "${STUDY_DEADLINE_S:-100000}" xargs -P "$jobs" -I{} sh -c \
+  'python3 -m stages.train {} > "$0/logs/{}.log" 2>&1 || echo "FAILED {}"' "$out" || echo "stopped at the deadline"
 echo "training took $(( $(date +%s) - start )) s with $jobs at a time"
-dvc commit -f $(printf 'train@%s ' $runs) 2>&1 | tail -2
-grep -h "wall time" "$out"/logs/*.log
-tar czf "$out/study.tgz" dvc.lock results/runs results/metrics
+done_runs=$(for r in $order; do if grep -q "wall time" "$out/logs/$r.log" 2>/dev/null; then echo "train@$r"; fi; done)
+echo "finished: $done_runs"
+dvc commit -f $done_runs 2>&1 | tail -2
+tar czf "$out/study.tgz" dvc.lock results/runs results/metrics "$out"/logs 2>/dev/null || tar czf "$out/study.tgz" dvc.lock "$out"/logs
+grep -h "wall time" "$out"/logs/*.log || true
