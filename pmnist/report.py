@@ -5,7 +5,7 @@ from pmnist.metrics import CHANCE, HEADLINE, MARGIN, METRICS
 from pmnist.plots import figure_paths, primary_pairs
 from pmnist.stats import TARGET_HALF_WIDTH, sentence, verdict
 
-GRID_COLUMNS = ("run", "lr", "validation_acc_pct", "chosen", "epochs", "tuning_seeds")
+GRID_COLUMNS = ("run", "setting", "value", "validation_acc_pct", "chosen", "epochs", "tuning_seeds")
 NO_PROVENANCE = "not recorded (no `provenance` entry in params.yaml)"
 
 
@@ -200,32 +200,49 @@ def _tuning(grid, params):
     order += [r for r in dict.fromkeys(g["run"] for g in grid) if r not in order]
     rows, notes = [], []
     for run in order:
-        points = sorted((g for g in grid if g["run"] == run), key=lambda g: g["lr"])
-        rows += [(f"`{run}`", f"{g['lr']:.3g}", f"{g['validation_acc_pct']:.2f}", "**chosen**" if g["chosen"] else "",
-                  g["epochs"], g["tuning_seeds"]) for g in points]
-        chosen = [g["lr"] for g in points if g["chosen"]]
+        points = sorted((g for g in grid if g["run"] == run), key=lambda g: (g["setting"], g["value"]))
+        settings = sorted({g["setting"] for g in points})
+        if len(settings) != 1:
+            raise DataError(f"results/tuning/grid.csv: run {run!r} has grids over {', '.join(settings)}, expected one "
+                            f"setting; rewrite it with `python -m stages.select ... --write`")
+        setting = settings[0]
+        rows += [(f"`{run}`", f"`{setting}`", f"{g['value']:.6g}", f"{g['validation_acc_pct']:.2f}",
+                  "**chosen**" if g["chosen"] else "", g["epochs"], g["tuning_seeds"]) for g in points]
+        chosen = [g["value"] for g in points if g["chosen"]]
         if len(chosen) != 1:
             raise DataError(f"results/tuning/grid.csv: run {run!r} has {len(chosen)} chosen rows, expected 1; "
                             f"rewrite it with `python -m stages.select ... --write`")
-        lrs, lr = [g["lr"] for g in points], chosen[0]
-        where = ("the only grid point" if len(lrs) == 1 else "at the grid's lower edge: a smaller lr may be better"
-                 if lr == lrs[0] else "at the grid's upper edge: a larger lr may be better" if lr == lrs[-1]
+        values, v = [g["value"] for g in points], chosen[0]
+        where = ("the only grid point" if len(values) == 1
+                 else f"at the grid's lower edge: a smaller {setting} may be better" if v == values[0]
+                 else f"at the grid's upper edge: a larger {setting} may be better" if v == values[-1]
                  else "interior to the grid")
-        used = [f"`{r}`" for r, cfg in params["runs"].items() if r in (run, f"{run}_tuned") and cfg["lr"] == lr]
-        unused = [f"`{r}` ({cfg['lr']:.3g})" for r, cfg in params["runs"].items() if r == run and cfg["lr"] != lr]
-        notes.append(f"- `{run}`: chosen lr {lr:.3g} is {where} ({lrs[0]:.3g} .. {lrs[-1]:.3g}, {len(lrs)} points)"
+        study = {r: _setting(cfg, setting) for r, cfg in params["runs"].items() if r in (run, f"{run}_tuned")}
+        used = [f"`{r}`" for r, x in study.items() if x == v]
+        unused = [f"`{r}` ({_f(x, '.6g')})" for r, x in study.items() if r == run and x != v]
+        notes.append(f"- `{run}`: chosen {setting} {v:.6g} is {where} ({values[0]:.6g} .. {values[-1]:.6g}, "
+                     f"{len(values)} points)"
                      + (f"; used by {', '.join(used)}" if used else "")
-                     + (f"; the study's run uses another lr: {', '.join(unused)}" if unused else "") + ".")
+                     + (f"; the study's run uses another {setting}: {', '.join(unused)}" if unused else "") + ".")
     return "\n".join([
-        "Learning rates chosen by final average accuracy on the **validation** split, on tuning seeds that do "
-        "not overlap the reporting seeds (`stages/select.py`).", "",
-        _table(("grid of run", "lr", "validation accuracy (%)", "chosen", "epochs per task", "tuning seeds"), rows),
+        "Each grid varies one setting of a run (its lr, or one of its `method_args` / `optimizer_args`), chosen "
+        "by final average accuracy on the **validation** split, on tuning seeds that do not overlap the "
+        "reporting seeds (`stages/select.py`).", "",
+        _table(("grid of run", "setting", "value", "validation accuracy (%)", "chosen", "epochs per task",
+                "tuning seeds"), rows),
         "", *notes])
+
+
+def _setting(cfg, setting):
+    """runs.<run>.<setting> (dotted, e.g. method_args.ewc_lambda) of a run's params, or None."""
+    for key in setting.split("."):
+        cfg = cfg.get(key) if isinstance(cfg, dict) else None
+    return cfg
 
 
 def make_report(params, summary, stats, grid=None):
     """The markdown report. params: validated params; summary, stats: results/summary.json, stats.json;
-    grid: rows of results/tuning/grid.csv (lr, validation_acc_pct as floats, chosen as bool) or None."""
+    grid: rows of results/tuning/grid.csv (value, validation_acc_pct as floats, chosen as bool) or None."""
     if "tests" not in stats or "families" not in stats:
         raise DataError("results/stats.json: not a stats file of this version; rerun the stats stage")
     runs, alpha = list(params["runs"]), stats["alpha"]
@@ -290,9 +307,9 @@ def parse_grid(rows, path="results/tuning/grid.csv"):
         if missing:
             raise DataError(f"{path}: line {i}: missing column(s) {', '.join(missing)}; expected {', '.join(GRID_COLUMNS)}")
         try:
-            out.append({**row, "lr": float(row["lr"]), "validation_acc_pct": float(row["validation_acc_pct"]),
+            out.append({**row, "value": float(row["value"]), "validation_acc_pct": float(row["validation_acc_pct"]),
                         "chosen": {"true": True, "false": False}[row["chosen"].strip().lower()]})
         except (ValueError, KeyError):
-            raise DataError(f"{path}: line {i}: lr and validation_acc_pct must be numbers and chosen true/false, "
+            raise DataError(f"{path}: line {i}: value and validation_acc_pct must be numbers and chosen true/false, "
                             f"got {dict(row)}") from None
     return out

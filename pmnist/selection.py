@@ -7,17 +7,16 @@ seeds, epochs) is read from the experiment's params. Selection = argmax of the s
 
 It refuses: a table without R's metric; an experiment evaluated on test; one whose tuning seeds overlap the
 reporting seeds; an experiment whose R metrics are the parent commit's, untouched (train@R did not run
-there, so its params do not describe them); a grid that varies anything of R but the lr, or repeats
-an lr. The committed grids (results/tuning/grid_part*.json) predate results/metrics: their DVCLive metrics
-(results/live/R/metrics.json) carry their own split and seeds, and are read too.
+there, so its params do not describe them); a grid that varies more than ONE setting of runs.R, or repeats
+a value. The setting a grid varies is found from the experiments: `lr`, or one key of `method_args` or
+`optimizer_args`, named dotted (`method_args.ewc_lambda`). Experiments that failed (no metrics at all)
+are skipped, and reported under the runs whose params they changed.
 """
 from pmnist.errors import SelectionError
 
 METRICS_FILE, SCORE = "results/metrics/{run}.json", "acc_pct"
-# DVCLive metrics of the committed grids: the average accuracy on tasks seen after the last task is
-# the final average accuracy, the same number as acc_pct.
-LIVE_FILE, LIVE_SCORE = "results/live/{run}/metrics.json", "average_accuracy_seen_pct"
-GRID_COLUMNS = ("run", "lr", "validation_acc_pct", "chosen", "epochs", "tuning_seeds")
+GRID_COLUMNS = ("run", "setting", "value", "validation_acc_pct", "chosen", "epochs", "tuning_seeds")
+TUNABLE = ("method_args", "optimizer_args")  # runs.R.<these>.<key> (and runs.R.lr) are what a grid may vary
 
 
 def _row(rev, name, parent):
@@ -58,19 +57,50 @@ def measurement(row, run):
         stale = m == parent and _relevant(p, run) != _relevant(row["parent"]["params"], run)
         return {"score": float(m[SCORE]), "split": (p.get("train") or {}).get("eval_split"),
                 "first_seed": protocol.get("seed"), "n_seeds": protocol.get("n_seeds"), "epochs": epochs, "stale": stale}
-    live = row["metrics"].get(LIVE_FILE.format(run=run))
-    if live and LIVE_SCORE in live:  # written by the train stage itself, so never stale
-        return {"score": float(live[LIVE_SCORE]), "split": "validation" if live.get("on_validation") == 1 else "test",
-                "first_seed": live.get("first_seed"), "n_seeds": live.get("n_seeds"), "epochs": epochs, "stale": False}
     return None
 
 
+def failed(row):
+    """True when the experiment has no metrics at all (its run failed or diverged before writing them)."""
+    return not any(m for path, m in row["metrics"].items() if path.startswith("results/metrics/"))
+
+
+def changes(row, run):
+    """True when the experiment's runs.R differs from its parent commit's."""
+    return ((row["params"].get("runs") or {}).get(run)
+            != ((row["parent"] or {}).get("params", {}).get("runs") or {}).get(run))
+
+
+def get_setting(cfg, setting):
+    """runs.R.<setting> (dotted) of one run's params, or None."""
+    for key in setting.split("."):
+        cfg = cfg.get(key) if isinstance(cfg, dict) else None
+    return cfg
+
+
+def show(v):
+    """A setting's value as messages write it: numbers in %g."""
+    return format(v, "g") if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _number(v):
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))
+
+
+
 def select(rows: list, run: str, reporting_seeds: range) -> dict:
-    """The best experiment for `run`: {"run", "best": row, "score", "grid": [grid.csv rows], "skipped": {why: names}}."""
-    scored, skipped = [], {"evaluated on test": [], "metrics not recomputed (the parent commit's)": []}
+    """The best experiment for `run`: {"run", "setting", "best": row, "score", "grid": [grid.csv rows],
+    "skipped": {why: names}}."""
+    scored, skipped = [], {"evaluated on test": [], "metrics not recomputed (the parent commit's)": [],
+                           "failed: no metrics": []}
     for row in rows:
         m = measurement(row, run)
         if m is None:
+            if failed(row) and changes(row, run):
+                skipped["failed: no metrics"].append(row["name"])
             continue
         if m["split"] != "validation":
             skipped["evaluated on test"].append(row["name"])
@@ -92,36 +122,60 @@ def select(rows: list, run: str, reporting_seeds: range) -> dict:
             or f"no experiment has {METRICS_FILE.format(run=run)}:{SCORE}"
         raise SelectionError(f"cannot select for run {run!r}: {why}. Run the grid with -S train.eval_split=validation "
                              f"-S protocol.seed=1000, running train@{run} (see README, 'Choosing hyperparameters')")
-    settings = [row["params"].get("runs", {}).get(run) or {} for row, _, _ in scored]
-    _check_grid(run, [row["name"] for row, _, _ in scored], settings)
+    settings = [(row["params"].get("runs") or {}).get(run) or {} for row, _, _ in scored]
+    setting = grid_setting(run, [row["name"] for row, _, _ in scored], settings)
     best = max(range(len(scored)), key=lambda i: scored[i][1]["score"])
-    grid = [{"run": run, "lr": s["lr"], "validation_acc_pct": round(m["score"], 2), "chosen": i == best,
+    grid = [{"run": run, "setting": setting, "value": get_setting(s, setting),
+             "validation_acc_pct": round(m["score"], 2), "chosen": i == best,
              "epochs": m["epochs"], "tuning_seeds": f"{seeds.start}..{seeds.stop - 1}", "experiment": row["name"]}
             for i, ((row, m, seeds), s) in enumerate(zip(scored, settings))]
-    return {"run": run, "best": scored[best][0], "score": scored[best][1]["score"], "grid": grid,
+    return {"run": run, "setting": setting, "best": scored[best][0], "score": scored[best][1]["score"], "grid": grid,
             "skipped": {k: v for k, v in skipped.items() if v}}
 
 
-def _check_grid(run, names, settings):
-    """Only the lr may vary, each lr once: otherwise the grid's lr column would not say what was chosen."""
-    for i, s in enumerate(settings):
-        if "lr" not in s:
-            raise SelectionError(f"experiment {names[i]}: no runs.{run}.lr in its params")
-        for key in sorted((set(s) | set(settings[0])) - {"lr"}):
-            if s.get(key) != settings[0].get(key):
-                raise SelectionError(f"run {run!r}: experiments {names[0]} and {names[i]} differ in runs.{run}.{key} "
-                                     f"({settings[0].get(key)!r} vs {s.get(key)!r}), not only in lr; select one grid at a time")
+def _flat(cfg):
+    """One run's params as {dotted key: value}, method_args / optimizer_args opened one level."""
+    out = {}
+    for key, v in cfg.items():
+        if key in TUNABLE and isinstance(v, dict):
+            out.update({f"{key}.{k}": x for k, x in v.items()})
+        else:
+            out[key] = v
+    return out
+
+
+def grid_setting(run, names, settings):
+    """The ONE setting of runs.R the grid varies (`lr` or `method_args.K` / `optimizer_args.K`), each value
+    once: otherwise grid.csv's setting and value would not say what was chosen. A single point is an lr grid."""
+    flat = [_flat(s) for s in settings]
+    varied = [k for k in sorted(set().union(*flat)) if any(f.get(k) != flat[0].get(k) for f in flat)]
+    for key in varied:
+        if not (key == "lr" or key.split(".")[0] in TUNABLE):
+            i = next(i for i, f in enumerate(flat) if f.get(key) != flat[0].get(key))
+            raise SelectionError(f"run {run!r}: experiments {names[0]} and {names[i]} differ in runs.{run}.{key} "
+                                 f"({flat[0].get(key)!r} vs {flat[i].get(key)!r}), which a grid may not vary "
+                                 f"(only lr, method_args.* or optimizer_args.*); select one grid at a time")
+    if len(varied) > 1:
+        raise SelectionError(f"run {run!r}: the experiments vary {len(varied)} settings "
+                             f"({', '.join(f'runs.{run}.{k}' for k in varied)}), a grid varies one; "
+                             f"select one grid at a time")
+    setting = varied[0] if varied else "lr"
+    for i, f in enumerate(flat):
+        if f.get(setting) is None:
+            raise SelectionError(f"experiment {names[i]}: no runs.{run}.{setting} in its params")
         for j in range(i):
-            if settings[j]["lr"] == s["lr"]:
-                raise SelectionError(f"run {run!r}: experiments {names[j]} and {names[i]} both have lr {s['lr']:g}; "
-                                     f"pass each grid point once")
+            if flat[j][setting] == f[setting]:
+                raise SelectionError(f"run {run!r}: experiments {names[j]} and {names[i]} both have {setting} "
+                                     f"{show(f[setting])}; pass each grid point once")
+    return setting
 
 
 def grid_csv(old_rows, choices):
-    """results/tuning/grid.csv text: the old file's rows of other runs, then the new grids; per run by lr."""
+    """results/tuning/grid.csv text: the old file's rows of other runs, then the new grids; sorted by run,
+    setting and (numeric) value."""
     new = {c["run"] for c in choices}
     rows = [r for r in old_rows if r["run"] not in new] + [g for c in choices for g in c["grid"]]
-    rows.sort(key=lambda r: (r["run"], float(r["lr"])))
+    rows.sort(key=lambda r: (r["run"], r["setting"], _number(r["value"])))
     fmt = lambda k, v: ("true" if v else "false") if k == "chosen" and isinstance(v, bool) else str(v)  # noqa: E731
     lines = [",".join(GRID_COLUMNS)] + [",".join(fmt(k, r[k]) for k in GRID_COLUMNS) for r in rows]
     return "\n".join(lines) + "\n"

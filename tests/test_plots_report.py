@@ -12,7 +12,8 @@ import yaml
 from pmnist.io import write_npz
 from pmnist.metrics import aggregate, load_runs
 from pmnist.plots import make_figures
-from pmnist.report import NO_PROVENANCE, make_report
+from pmnist.errors import DataError
+from pmnist.report import NO_PROVENANCE, make_report, parse_grid
 from pmnist.stats import analyse, load_summary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,10 +69,12 @@ def analysed(tmp_path_factory):
     return data, json.loads(json.dumps(summary)), stats
 
 
-GRID = [{"run": "cms", "lr": lr, "validation_acc_pct": acc, "chosen": lr == 1e-4, "epochs": "4", "tuning_seeds": "1000..1009"}
-        for lr, acc in ((5e-5, 73.04), (1e-4, 74.83), (2e-4, 73.15))] + \
-       [{"run": "baseline", "lr": lr, "validation_acc_pct": acc, "chosen": lr == 1e-5, "epochs": "4", "tuning_seeds": "1000..1009"}
-        for lr, acc in ((1e-5, 67.8), (2.5e-5, 66.0))]
+GRID = [{"run": "cms", "setting": "lr", "value": lr, "validation_acc_pct": acc, "chosen": lr == 1e-4, "epochs": "4",
+         "tuning_seeds": "1000..1009"} for lr, acc in ((5e-5, 73.04), (1e-4, 74.83), (2e-4, 73.15))] + \
+       [{"run": "baseline", "setting": "lr", "value": lr, "validation_acc_pct": acc, "chosen": lr == 1e-5, "epochs": "4",
+         "tuning_seeds": "1000..1009"} for lr, acc in ((1e-5, 67.8), (2.5e-5, 66.0))] + \
+       [{"run": "ewc", "setting": "method_args.ewc_lambda", "value": lam, "validation_acc_pct": acc, "chosen": lam == 1e3,
+         "epochs": "4", "tuning_seeds": "1000..1009"} for lam, acc in ((10.0, 70.1), (100.0, 71.0), (1e3, 72.5))]
 
 
 def test_report_is_the_complete_verdict(analysed):
@@ -100,10 +103,22 @@ def test_report_is_the_complete_verdict(analysed):
     assert "(figures/paired_diff_cms_vs_baseline_at_cms_lr.png)" in report
     assert "paired_diff_dead_vs_baseline" not in report  # paired-difference figures: primary pairs only
     # tuning: one row per grid point, the chosen lr marked, interior or at the edge
-    assert "| `cms` | 0.0001 | 74.83 | **chosen** | 4 | 1000..1009 |" in report
+    assert "| `cms` | `lr` | 0.0001 | 74.83 | **chosen** | 4 | 1000..1009 |" in report
     assert "`cms`: chosen lr 0.0001 is interior to the grid" in report
     assert "`baseline`: chosen lr 1e-05 is at the grid's lower edge" in report
+    assert "| `ewc` | `method_args.ewc_lambda` | 1000 | 72.50 | **chosen** | 4 | 1000..1009 |" in report
+    assert ("`ewc`: chosen method_args.ewc_lambda 1000 is at the grid's upper edge: "
+            "a larger method_args.ewc_lambda may be better (10 .. 1000, 3 points)") in report
     assert "removed_run" not in report and "bwt" not in report.lower().split("## protocol")[1].split("## runs")[1]
+
+
+def test_parse_grid_types_the_rows_and_refuses_the_old_lr_only_format():
+    rows = parse_grid([{"run": "ewc", "setting": "method_args.ewc_lambda", "value": "10", "validation_acc_pct": "76.77",
+                        "chosen": "true", "epochs": "8", "tuning_seeds": "1000..1009"}])
+    assert rows[0]["value"] == 10.0 and rows[0]["chosen"] is True
+    with pytest.raises(DataError, match="line 2: missing column"):
+        parse_grid([{"run": "cms", "lr": "0.0001", "validation_acc_pct": "74.47", "chosen": "true", "epochs": "8",
+                     "tuning_seeds": "1000..1009"}])
 
 
 def test_report_without_tuning_grid(analysed):

@@ -1,6 +1,6 @@
 """Hyperparameter selection from a `dvc exp show --json` table (fixture in DVC 3.67's format: a commit
 evaluated on test, three experiments retraining `baseline` on validation at three lrs; their `cms`
-metrics are the commit's, untouched)."""
+metrics are the commit's, untouched). Edited copies make grids over a method / optimizer arg."""
 import copy
 import csv
 import io
@@ -33,10 +33,11 @@ def test_picks_the_argmax_of_the_validation_metric():
     assert choice["best"]["name"] == "exp-mid"
     assert choice["score"] == 75.5
     assert choice["best"]["params"]["runs"]["baseline"]["lr"] == 1e-4
-    assert [(g["experiment"], g["lr"], g["validation_acc_pct"], g["chosen"], g["epochs"], g["tuning_seeds"])
-            for g in choice["grid"]] == [("exp-low", 1e-5, 60.0, False, 1, "1000..1001"),
-                                         ("exp-mid", 1e-4, 75.5, True, 1, "1000..1001"),
-                                         ("exp-high", 1e-3, 70.25, False, 1, "1000..1001")]
+    assert choice["setting"] == "lr"
+    assert [(g["experiment"], g["setting"], g["value"], g["validation_acc_pct"], g["chosen"], g["epochs"], g["tuning_seeds"])
+            for g in choice["grid"]] == [("exp-low", "lr", 1e-5, 60.0, False, 1, "1000..1001"),
+                                         ("exp-mid", "lr", 1e-4, 75.5, True, 1, "1000..1001"),
+                                         ("exp-high", "lr", 1e-3, 70.25, False, 1, "1000..1001")]
 
 
 def test_refuses_a_table_without_the_metric():
@@ -64,41 +65,95 @@ def test_refuses_tuning_on_the_reporting_seeds():
         select(_edit(params=lambda p: p["protocol"].update(seed=5)), "baseline", REPORTING)
 
 
-def test_refuses_a_grid_over_more_than_the_lr():
+def test_refuses_a_grid_over_more_than_one_setting():
     periods = iter([[1, 1, 1], [3, 2, 1], [1, 1, 1]])
-    with pytest.raises(SelectionError, match=r"differ in runs.baseline.periods \(\[1, 1, 1\] vs \[3, 2, 1\]\), not only in lr"):
+    with pytest.raises(SelectionError, match=r"differ in runs.baseline.periods \(\[1, 1, 1\] vs \[3, 2, 1\]\), which a grid may not vary"):
         select(_edit(params=lambda p: p["runs"]["baseline"].update(periods=next(periods))), "baseline", REPORTING)
+    lam = iter([1.0, 2.0, 3.0])
+    with pytest.raises(SelectionError, match=r"vary 2 settings \(runs.baseline.lr, runs.baseline.method_args.ewc_lambda\)"):
+        select(_edit(params=lambda p: p["runs"]["baseline"].update(method_args={"ewc_lambda": next(lam)})),
+               "baseline", REPORTING)
     with pytest.raises(SelectionError, match="exp-low and exp-mid both have lr 0.01"):
         select(_edit(params=lambda p: p["runs"]["baseline"].update(lr=0.01)), "baseline", REPORTING)
 
 
-def test_reads_the_committed_dvclive_grids():
-    # results/tuning/grid_part*.json predate results/metrics: the train stage's DVCLive metrics carry
-    # their own split and seeds, and the commit-level params do not matter.
-    def to_live(m):
-        acc = m.pop(BASELINE)["data"]["acc_pct"]
-        m["results/live/baseline/metrics.json"] = {"data": {"average_accuracy_seen_pct": acc, "on_validation": 1,
-                                                            "first_seed": 1000, "n_seeds": 10, "step": 1}}
-    choice = select(_edit(metrics=to_live), "baseline", REPORTING)
-    assert choice["best"]["name"] == "exp-mid" and choice["grid"][1]["tuning_seeds"] == "1000..1009"
-
-    def on_test(m):
-        to_live(m)
-        m["results/live/baseline/metrics.json"]["data"]["on_validation"] = 0
-    with pytest.raises(SelectionError, match="evaluated on test in exp-low"):
-        select(_edit(metrics=on_test), "baseline", REPORTING)
+def _lambda_grid(p):
+    """The fixture's grid turned into a grid over method_args.ewc_lambda at one lr (1000, 10, 100)."""
+    b = p["runs"]["baseline"]
+    b["method_args"] = {"ewc_lambda": {1e-5: 1000, 1e-4: 10, 1e-3: 100}[b["lr"]], "gamma": 1.0}
+    b["lr"] = 2e-5
 
 
-def test_grid_csv_keeps_other_runs_and_sorts_by_lr():
+def test_detects_a_grid_over_a_method_or_optimizer_arg():
+    choice = select(_edit(params=_lambda_grid), "baseline", REPORTING)
+    assert choice["setting"] == "method_args.ewc_lambda" and choice["best"]["name"] == "exp-mid"
+    assert [(g["setting"], g["value"], g["chosen"]) for g in choice["grid"]] == [
+        ("method_args.ewc_lambda", 1000, False), ("method_args.ewc_lambda", 10, True),
+        ("method_args.ewc_lambda", 100, False)]
+
+    def momentum_grid(p):
+        b = p["runs"]["baseline"]
+        b["optimizer_args"] = {"momentum": {1e-5: 0.5, 1e-4: 0.9, 1e-3: 0.99}[b["lr"]]}
+        b["lr"] = 2e-5
+    assert select(_edit(params=momentum_grid), "baseline", REPORTING)["setting"] == "optimizer_args.momentum"
+    def repeated(p):  # exp-low at 10 too
+        _lambda_grid(p)
+        args = p["runs"]["baseline"]["method_args"]
+        args["ewc_lambda"] = 10 if args["ewc_lambda"] == 1000 else args["ewc_lambda"]
+    with pytest.raises(SelectionError, match="exp-low and exp-mid both have method_args.ewc_lambda 10;"):
+        select(_edit(params=repeated), "baseline", REPORTING)
+
+
+def test_skips_failed_experiments():
+    # exp-high failed: no metrics at all. It changed runs.baseline, so it is reported under baseline.
+    table = copy.deepcopy(TABLE)
+    high = table[1]["experiments"][2]["revs"][0]["data"]
+    for path in high["metrics"]:
+        high["metrics"][path] = {"error": {"type": "FileNotFoundError", "msg": "no such file"}}
+    choice = select(experiments(table), "baseline", REPORTING)
+    assert [g["experiment"] for g in choice["grid"]] == ["exp-low", "exp-mid"]
+    assert choice["skipped"]["failed: no metrics"] == ["exp-high"]
+    for exp in table[1]["experiments"]:
+        exp["revs"][0]["data"]["metrics"] = high["metrics"]
+    with pytest.raises(SelectionError, match="cannot select for run 'baseline': failed: no metrics in exp-low, exp-mid, exp-high"):
+        select(experiments(table), "baseline", REPORTING)
+
+
+def test_grid_csv_keeps_other_runs_and_sorts_by_setting_and_value():
     choice = select(experiments(TABLE), "baseline", REPORTING)
-    old = [{"run": "baseline", "lr": "0.5", "validation_acc_pct": "1.0", "chosen": "true", "epochs": "4",
-            "tuning_seeds": "1000..1009"},
-           {"run": "muon", "lr": "0.0001", "validation_acc_pct": "72.09", "chosen": "true", "epochs": "4",
-            "tuning_seeds": "1000..1009"}]
-    text = grid_csv(old, [choice])
+    ewc = select(_edit(params=_lambda_grid), "baseline", REPORTING)
+    ewc["run"] = "ewc"
+    for g in ewc["grid"]:
+        g["run"] = "ewc"
+    old = [{"run": "baseline", "setting": "lr", "value": "0.5", "validation_acc_pct": "1.0", "chosen": "true",
+            "epochs": "4", "tuning_seeds": "1000..1009"},
+           {"run": "muon", "setting": "lr", "value": "0.0001", "validation_acc_pct": "72.09", "chosen": "true",
+            "epochs": "4", "tuning_seeds": "1000..1009"}]
+    text = grid_csv(old, [choice, ewc])
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert text.splitlines()[0] == "run,lr,validation_acc_pct,chosen,epochs,tuning_seeds"
-    assert [(r["run"], r["lr"], r["chosen"]) for r in rows] == [
-        ("baseline", "1e-05", "false"), ("baseline", "0.0001", "true"), ("baseline", "0.001", "false"),
-        ("muon", "0.0001", "true")]  # the old baseline grid is replaced, muon's is kept
+    assert text.splitlines()[0] == "run,setting,value,validation_acc_pct,chosen,epochs,tuning_seeds"
+    assert [(r["run"], r["setting"], r["value"], r["chosen"]) for r in rows] == [
+        ("baseline", "lr", "1e-05", "false"), ("baseline", "lr", "0.0001", "true"), ("baseline", "lr", "0.001", "false"),
+        ("ewc", "method_args.ewc_lambda", "10", "true"), ("ewc", "method_args.ewc_lambda", "100", "false"),
+        ("ewc", "method_args.ewc_lambda", "1000", "false"),
+        ("muon", "lr", "0.0001", "true")]  # the old baseline grid is replaced, muon's is kept
     assert rows[1]["validation_acc_pct"] == "75.5" and rows[1]["epochs"] == "1" and rows[1]["tuning_seeds"] == "1000..1001"
+
+
+def test_write_sets_the_grid_setting_in_params(tmp_path, monkeypatch):
+    from stages.select import _write_params
+    (tmp_path / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    choice = select(_edit(params=_lambda_grid), "baseline", REPORTING)
+    choice["run"] = "ewc"
+    _write_params([choice])
+    text = (tmp_path / "params.yaml").read_text()
+    from pmnist.config import load_params
+    params = load_params(tmp_path / "params.yaml")
+    assert params["runs"]["ewc"]["method_args"]["ewc_lambda"] == 10
+    assert params["provenance"]["ewc"].startswith("method_args.ewc_lambda 10 selected by stages/select.py: "
+                                                  "best of the method_args.ewc_lambda grid [10, 100, 1000]")
+    assert text.count("\n#") == (Path(__file__).parents[1] / "params.yaml").read_text().count("\n#")  # comments kept
+    choice["run"] = "not_a_run"
+    with pytest.raises(SelectionError, match="'not_a_run' is not in params.yaml's runs"):
+        _write_params([choice])
