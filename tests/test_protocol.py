@@ -179,11 +179,13 @@ def test_model_input_size_follows_the_protocol(params):
     assert mlp.layers[0].weight.shape == (2, 256, 1024)
     assert build_run(params["runs"]["baseline"], params["models"]["mlp"], [0], CPU)[0].layers[0].weight.shape == (1, 256, 784)
     ssm_cfg = {"hidden_dim": 8, "state_dim": 4, "sequence_length": 32, "memory_hidden": 8}
-    ssm, _, _ = build_run(params["runs"]["nested_ssm"], ssm_cfg, [0], CPU, in_dim=1024)
+    ssm_run = {**params["runs"]["baseline"], "model": "nested_ssm", "periods": [100, 10, 1, 1],
+               "lr_multipliers": [1.0] * 4}  # the test's own run: params.yaml need not hold one
+    ssm, _, _ = build_run(ssm_run, ssm_cfg, [0], CPU, in_dim=1024)
     assert ssm.inp.weight.shape == (1, 8, 32)                               # 32 rows of 32 pixels
     assert ssm(torch.rand(1, 3, 1024)).shape == (1, 3, 10)
     with pytest.raises(ValueError, match="sequence_length 28 must divide in_dim 1024"):
-        build_run(params["runs"]["nested_ssm"], {**ssm_cfg, "sequence_length": 28}, [0], CPU, in_dim=1024)
+        build_run(ssm_run, {**ssm_cfg, "sequence_length": 28}, [0], CPU, in_dim=1024)
 
 
 def test_sequence_length_is_checked_against_the_pixels_per_image():
