@@ -395,12 +395,15 @@ def test_params_without_grad_are_skipped():
         assert torch.equal(q.detach(), torch.ones(1, 4)) and not torch.equal(p.detach(), torch.ones(1, 4, 4))
 
 
-# (lr, training images) per optimizer: one epoch, batch 128, reaches >= 90 % test accuracy (seed 0;
-# measured: sgd 0.923, adam 0.925, muon 0.922, m3 0.923, deep_momentum 0.923 at hidden 16). Muon and M3 run their
-# default bfloat16 Newton-Schulz. Deep momentum's delta rule makes it an EMA (1-beta times a heavy-ball
-# step), hence its larger lr.
-BUDGET = {"sgd": (0.1, 20000), "adam": (2e-3, 20000), "muon": (0.02, 10000), "m3": (0.02, 10000),
-          "deep_momentum": (1.0, 20000)}
+# One budget for every update rule: one epoch of the same 20 000 images, batch 128, seed 0, must reach
+# >= 90 % test accuracy. The lr is each rule's own lr for so short a budget (its step-size scale
+# differs: Muon/M3 steps are in spectral norm, deep momentum's delta rule is an EMA, 1-beta times a
+# heavy-ball step), NOT the study's: the study's lrs (params.yaml, results/tuning/grid.csv) are chosen
+# for 8 epochs x 10 tasks and reach only 14-47 % after one such epoch (measured 2026-11-26: adam 2e-5
+# 0.47, muon 1e-4 0.14, m3 1e-4 0.16, deep momentum 0.03 0.33). So this checks that each rule learns,
+# not the study's settings.
+ONE_EPOCH_LR = {"sgd": 0.1, "adam": 2e-3, "muon": 0.02, "m3": 0.02, "deep_momentum": 1.0}
+N_IMAGES = 20000
 # The memory MLP runs over every gradient coordinate (~240k), the CPU cost of this test: narrower here.
 TEST_ARGS = {"deep_momentum": {"hidden_dim": 16}}
 
@@ -420,7 +423,7 @@ def test_every_optimizer_learns_one_mnist_task(name, mnist, one_thread):
     from pmnist.train import train_continual
 
     train_x, train_y, test_x, test_y = mnist
-    lr, n = BUDGET[name]
+    lr, n = ONE_EPOCH_LR[name], N_IMAGES
     model = MLP(seeds=[0], hidden_dims=[256, 128, 64])
     args = {**OPTIMIZERS[name].defaults, **TEST_ARGS.get(name, {})}
     make = lambda params, lr: build_optimizer(name, params, lr, args)
