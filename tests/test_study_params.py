@@ -1,0 +1,49 @@
+"""The committed study's settings are what its tuning and its design say: every tuned setting equals
+the grid's choice in results/tuning/grid.csv, and every control takes its parent's lr (the 2x2 of
+schedule x lr, the CMS controls, the methods at the baseline's lr)."""
+import csv
+from pathlib import Path
+
+import pytest
+
+from pmnist.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = load_params(ROOT / "params.yaml")
+RUNS = PARAMS["runs"]
+# control -> the run whose lr it must share (README "The study")
+LR_FROM = {
+    "baseline_at_cms_lr": "cms", "cms_at_baseline_lr": "baseline", "cms_lr_control": "cms",
+    "cms_reversed": "cms", "cms_p211": "cms", "cms_p631": "cms", "cms_p1241": "cms",
+    "ewc": "baseline", "si": "baseline", "replay": "baseline", "joint": "baseline", "cms_replay": "cms",
+    "muon_b128": "muon", "m3_alpha0": "m3",
+}
+
+
+def setting(run, dotted):
+    node = RUNS[run]
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def chosen_rows():
+    with open(ROOT / "results" / "tuning" / "grid.csv") as f:
+        return [row for row in csv.DictReader(f) if row["chosen"] == "true" and row["run"] in RUNS]
+
+
+@pytest.mark.parametrize("row", chosen_rows(), ids=lambda r: f"{r['run']}.{r['setting']}")
+def test_tuned_settings_are_the_grids_choice(row):
+    assert float(setting(row["run"], row["setting"])) == pytest.approx(float(row["value"]), rel=1e-9)
+
+
+@pytest.mark.parametrize("control", [c for c in LR_FROM if c in RUNS and LR_FROM[c] in RUNS])
+def test_controls_share_their_parents_lr(control):
+    assert RUNS[control]["lr"] == RUNS[LR_FROM[control]]["lr"]
+
+
+def test_the_2x2_crosses_schedule_and_lr():
+    periods = lambda r: RUNS[r]["periods"]
+    assert periods("cms") == periods("cms_at_baseline_lr") != periods("baseline") == periods("baseline_at_cms_lr")
+    assert RUNS["cms_lr_control"]["periods"] == [1, 1, 1]
+    assert RUNS["cms_lr_control"]["lr_multipliers"] == pytest.approx([1 / p for p in periods("cms")])
