@@ -7,18 +7,21 @@
   pass the file's known size (MNIST_SIZES) or the compressed bytes pass twice that (+64 KiB), so a
   gzip bomb or an endless stream costs at most one file's size plus a chunk (47 MB for the largest);
 - each file from each mirror has a total deadline (`deadline_s`), checked between reads and given to
-  the socket as each read's timeout, so a server that drips a byte at a time fails on time (while
-  the response headers arrive, only each read is limited, to the whole deadline: http.client reads
-  them in one call);
+  the socket as each read's timeout, so a server that drips a byte at a time fails on time; and, in
+  the main thread (as in the stage), a SIGALRM timer bounds the whole fetch, response headers
+  included (http.client reads those in one call that no per-read timeout can cut short);
 - nothing is written unless all four files verify (MD5 of the inflated bytes); each is then written
   atomically (pmnist.io), so dest holds the old files or verified ones, never a partial one;
 - a failure is a pmnist.errors.DownloadError naming the file with one line per mirror tried and its
   reason; no byte of what a mirror sent is ever put in a message.
 Standard library only (plus pmnist.io), so the download stage needs no torch.
 """
+import contextlib
 import hashlib
 import http.client
 import os
+import signal
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -86,7 +89,40 @@ def _open(mirror: str, name: str, timeout: float):
     return open(Path(mirror) / name, "rb"), None
 
 
+class _Alarm(Exception):
+    """The whole-fetch timer fired (raised from the SIGALRM handler, wherever the fetch was blocked)."""
+
+
+@contextlib.contextmanager
+def _whole_deadline(seconds: float):
+    """Raise _Alarm in the main thread after `seconds`, however a read is blocked (PEP 475: a signal
+    handler that raises ends the blocking call). Elsewhere (a thread) nothing: per-read limits only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def fire(signum, frame):
+        raise _Alarm()
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _fetch(mirror: str, name: str, size: int, deadline_s: float):
+    """_fetch_within under a whole-fetch timer a little past the per-read deadline (which, being
+    checked between reads, gives the more precise message when it is the one that trips)."""
+    try:
+        with _whole_deadline(deadline_s + 0.5):
+            return _fetch_within(mirror, name, size, deadline_s)
+    except _Alarm:
+        raise _Failed(f"{name}.gz took more than {deadline_s:g} s (the deadline per file); stopped reading") from None
+
+
+def _fetch_within(mirror: str, name: str, size: int, deadline_s: float):
     """(inflated bytes, their MD5) of mirror/name.gz, or _Failed. Holds one buffer of `size` bytes
     and a chunk or two; gives up at the deadline."""
     deadline = time.monotonic() + deadline_s

@@ -4,6 +4,7 @@ Each fails with one line per mirror naming the file, within its caps of memory a
 nothing; the real offline mirror verifies by directory, file:// URL and http. Offline: the servers
 are threads on 127.0.0.1. Peak memory is measured in a fresh interpreter by /proc's VmHWM (not
 ru_maxrss: Linux carries that over exec from the parent, here pytest with torch at ~700 MB)."""
+import contextlib
 import gzip
 import hashlib
 import http.server
@@ -11,6 +12,7 @@ import importlib
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -199,6 +201,32 @@ def test_slow_or_silent_server_fails_within_the_deadline(serve, interval):
     assert str(e.value) == (f"could not get a verified copy of {LABELS}; tried:\n  {url}: {LABELS}.gz took "
                             f"more than 2 s (the deadline per file); stopped reading")
     assert 1.9 < elapsed < 3.5, elapsed
+
+
+def test_server_dripping_its_headers_fails_within_the_deadline():
+    """A status line, then one header byte every 0.5 s for 10 s: http.client reads the headers in one
+    call, so only the whole-fetch timer (SIGALRM, main thread) can stop it on time."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def drip():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\n")
+            with contextlib.suppress(OSError):
+                for _ in range(20):
+                    conn.sendall(b"X")
+                    time.sleep(0.5)
+    threading.Thread(target=drip, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/"
+    start = time.monotonic()
+    with pytest.raises(DownloadError, match=rf"{LABELS}\.gz took more than 2 s \(the deadline per file\)"):
+        fetch_file(LABELS, MD5[LABELS], [url], deadline_s=2)
+    elapsed = time.monotonic() - start
+    server.close()
+    assert elapsed < 3.5, elapsed
 
 
 SECRET = b"<html>captive portal SECRET-PAYLOAD</html>"
