@@ -21,7 +21,7 @@ TUNABLE = ("method_args", "optimizer_args")  # runs.R.<these>.<key> (and runs.R.
 
 def _row(rev, name, parent):
     data = rev.get("data") or {}
-    return {"name": name or rev["rev"][:7],
+    return {"name": name or rev["rev"][:7], "rev": rev.get("rev"),
             "params": (data.get("params") or {}).get("params.yaml", {}).get("data") or {},
             "metrics": {path: m.get("data") for path, m in (data.get("metrics") or {}).items()},
             "parent": parent}
@@ -37,6 +37,23 @@ def experiments(exp_show: list) -> list:
             for rev in exp["revs"]:
                 rows.append(_row(rev, rev.get("name") or exp.get("name"), parent))
     return rows
+
+
+def pooled(tables: list) -> list:
+    """experiments() of several `dvc exp show --json` tables (grids run in several places or at several
+    times), each experiment once: a later table repeats an earlier one's experiments, and a table taken
+    while one still ran lacks its metrics, so the copy with the most metrics is kept."""
+    best = {}
+    for table in tables:
+        for row in experiments(table):
+            key = row["rev"] or row["name"]
+            if key not in best or _n_metrics(row) > _n_metrics(best[key]):
+                best[key] = row
+    return list(best.values())
+
+
+def _n_metrics(row):
+    return sum(1 for m in row["metrics"].values() if m)
 
 
 def _relevant(params, run):

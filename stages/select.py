@@ -23,7 +23,7 @@ from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.errors import SelectionError
 from pmnist.io import atomic_path, write_text
-from pmnist.selection import changes, experiments, failed, grid_csv, select, show
+from pmnist.selection import changes, experiments, failed, grid_csv, pooled, select, show
 
 GRID = Path("results/tuning/grid.csv")
 
@@ -31,7 +31,9 @@ GRID = Path("results/tuning/grid.csv")
 def _read_table(path):
     try:
         with open(path) as f:
-            return experiments(json.load(f))
+            table = json.load(f)
+        experiments(table)  # the format check, here, to name the file
+        return table
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise SelectionError(f"{path}: not a `dvc exp show --json` table ({e!r})") from None
 
@@ -78,7 +80,7 @@ def main():
 
     p = load_params()["protocol"]
     reporting = range(p["seed"], p["seed"] + p["n_seeds"])
-    rows = [row for path in args.exps for row in _read_table(path)]
+    rows = pooled([_read_table(path) for path in args.exps])
     choices = [select(rows, run, reporting) for run in args.runs]
 
     for c in choices:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pmnist.selection import SelectionError, experiments, grid_csv, select
+from pmnist.selection import SelectionError, experiments, grid_csv, pooled, select
 
 TABLE = json.loads((Path(__file__).parent / "fixtures" / "exp_show.json").read_text())
 REPORTING = range(0, 10)
@@ -157,3 +157,15 @@ def test_write_sets_the_grid_setting_in_params(tmp_path, monkeypatch):
     choice["run"] = "not_a_run"
     with pytest.raises(SelectionError, match="'not_a_run' is not in params.yaml's runs"):
         _write_params([choice])
+
+
+def test_pooled_tables_count_each_experiment_once_keeping_its_finished_copy():
+    running = copy.deepcopy(TABLE)  # the same grid, read while exp-mid still ran: no metrics yet
+    for exp in running[1]["experiments"]:
+        if exp["revs"][0]["name"] == "exp-mid":
+            exp["revs"][0]["data"]["metrics"] = {}
+    rows = pooled([running, TABLE])
+    assert sorted(r["name"] for r in rows) == sorted(r["name"] for r in experiments(TABLE))
+    assert select(rows, "baseline", REPORTING)["best"]["name"] == "exp-mid"
+    with pytest.raises(SelectionError, match="pass each grid point once"):  # without pooling: twice
+        select(experiments(TABLE) + experiments(TABLE), "baseline", REPORTING)
