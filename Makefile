@@ -11,7 +11,7 @@ ifneq ($(strip $(MNIST_MIRROR)),)
   endif
 endif
 
-.PHONY: setup repro test smoke bench
+.PHONY: setup repro literature test smoke bench
 
 $(VENV): requirements.txt
 	python3 -m venv .venv
@@ -23,6 +23,10 @@ setup: $(VENV)
 
 repro: $(VENV)
 	dvc repro
+
+# The literature set (published settings reproduced): its own pipeline, literature/dvc.yaml.
+literature: $(VENV)
+	dvc repro literature/dvc.yaml
 
 test: $(VENV)
 	$(PY) -m pytest -q tests

@@ -1,10 +1,12 @@
-"""The DVC graph sees every file a stage runs: for every stage in dvc.yaml, import its module in a fresh
-interpreter, collect the project files that got loaded, and fail naming any file its `deps` miss.
+"""The DVC graph sees every file a stage runs: for every stage in dvc.yaml (and literature/dvc.yaml, whose
+stages run in a setting's folder with `../..` paths), import its module in a fresh interpreter, collect
+the project files that got loaded, and fail naming any file its `deps` miss.
 
 Model, optimizer and method implementations are imported by name at run time (the registries are
 torch-free, see pmnist/models/__init__.py), so a stage that loads pmnist.train, which builds them,
 is charged with every registered implementation too."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,35 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+PIPELINES = ["dvc.yaml", "literature/dvc.yaml"]
+
+
+def _stages():
+    """label -> (definition, folder its paths are relative to, as a path from ROOT). A foreach stage's
+    wdir (`${item}` / `${item.setting}`) is taken at its first item: every item has the same depth."""
+    out = {}
+    for pipeline in PIPELINES:
+        base = Path(pipeline).parent
+        for name, definition in yaml.safe_load((ROOT / pipeline).read_text())["stages"].items():
+            body = definition.get("do", definition)
+            items = definition.get("foreach")
+            first = (items[0] if isinstance(items, list) else
+                     next(iter(items.values())) if isinstance(items, dict) else None)  # `${runs}`: no wdir
+            wdir = body.get("wdir", ".")
+            if first is not None:
+                wdir = wdir.replace("${item.setting}", str(first.get("setting") if isinstance(first, dict) else ""))
+                wdir = wdir.replace("${item}", str(first))
+            out[name if pipeline == "dvc.yaml" else f"{pipeline}:{name}"] = (body, base / wdir)
+    return out
+
+
+STAGES = _stages()
+
+
+def code_deps(name):
+    """A stage's deps as paths from ROOT (normalised through its wdir)."""
+    body, folder = STAGES[name]
+    return [os.path.normpath(folder / d) for d in body["deps"]]
 
 PROBE = """
 import importlib, json, sys
@@ -29,9 +59,9 @@ print(json.dumps(sorted(m.__file__ for m in list(sys.modules.values()) if getatt
 """
 
 
-def stage_module(definition):
-    cmd = definition.get("do", definition)["cmd"]
-    words = cmd.split()
+def stage_module(name):
+    cmd = STAGES[name][0]["cmd"]
+    words = [w for w in cmd.split() if not w.startswith("PYTHONPATH=")]  # literature: the code is ../..
     assert words[:2] == ["python", "-m"], f"unexpected command {cmd!r}"
     return words[2]
 
@@ -55,26 +85,24 @@ def covered(path, deps):
 
 @pytest.mark.parametrize("name", list(STAGES))
 def test_deps_cover_every_imported_project_file(name):
-    definition = STAGES[name]
-    deps = definition.get("do", definition)["deps"]
-    missing = sorted(f for f in loaded_project_files(stage_module(definition)) if not covered(f, deps))
+    deps = code_deps(name)
+    missing = sorted(f for f in loaded_project_files(stage_module(name)) if not covered(f, deps))
     assert not missing, f"stage {name!r} loads {', '.join(missing)} but dvc.yaml does not list it under deps"
 
 
 @pytest.mark.parametrize("name", list(STAGES))
 def test_no_code_dep_that_the_stage_does_not_load(name):
     """No more than it reads: an unused code dep would rerun the stage for nothing."""
-    definition = STAGES[name]
-    code = [d for d in definition.get("do", definition)["deps"] if d.startswith(("pmnist", "stages"))]
-    loaded = loaded_project_files(stage_module(definition))
+    code = [d for d in code_deps(name) if d.startswith(("pmnist", "stages"))]
+    loaded = loaded_project_files(stage_module(name))
     unused = [d for d in code if not any(covered(f, [d]) for f in loaded)]
     assert not unused, f"stage {name!r} lists {', '.join(unused)} under deps but never loads it"
 
 
 def test_every_dep_exists():
-    for name, definition in STAGES.items():
-        for dep in definition.get("do", definition)["deps"]:
-            if not dep.startswith(("data/", "results/")):
+    for name in STAGES:
+        for dep in code_deps(name):
+            if not any(part in ("data", "results") for part in Path(dep).parts):
                 assert (ROOT / dep).exists(), f"stage {name!r}: dep {dep} does not exist"
 
 

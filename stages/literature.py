@@ -1,0 +1,45 @@
+"""Stage `table` of literature/dvc.yaml: the published values of literature/params.yaml beside our runs of
+each published setting -> results/table.md and results/table.json (in literature/, the stage's folder).
+
+Run from literature/ (the stage's wdir) with the repository on PYTHONPATH; each setting folder holds its
+own params.yaml and the results of its own train and aggregate stages.
+"""
+import json
+from pathlib import Path
+
+import yaml
+
+from pmnist.cli import run_stage
+from pmnist.config import load_params
+from pmnist.errors import ConfigError, DataError
+from pmnist.io import require_file, write_json, write_text
+from pmnist.literature import markdown, table_rows, validate_published
+
+
+def main():
+    try:
+        raw = yaml.safe_load(require_file("params.yaml").read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"literature/params.yaml: not valid YAML: {e}") from None
+    unknown = sorted(set(raw) - {"published"})
+    if unknown:
+        raise ConfigError(f"literature/params.yaml: unknown section(s) {', '.join(unknown)}; valid: published")
+    published = validate_published(raw.get("published"))
+    summaries, settings = {}, {}
+    for setting in sorted({p["setting"] for p in published.values()}):
+        settings[setting] = load_params(Path(setting) / "params.yaml")
+        path = require_file(Path(setting) / "results" / "summary.json", f"run `dvc repro literature/dvc.yaml`")
+        try:
+            summaries[setting] = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e}); rerun aggregate@{setting}") from None
+    rows = table_rows(published, summaries, settings)
+    write_json("results/table.json", rows)
+    write_text("results/table.md", markdown(rows))
+    for r in rows:
+        print(f"{r['row']}: published {r['published']:.2f}, ours {r['ours_mean']:.2f} ± {r['ours_std']:.2f} "
+              f"({r['n_seeds']} seeds), difference {r['difference']:+.2f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
