@@ -13,6 +13,7 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # the repository, for pmnist
 
 from pmnist.headline import average_forgetting, final_average_accuracy, learning_accuracy  # noqa: E402
+from pmnist.io import read_npz  # noqa: E402
 from pmnist.stats import paired_test  # noqa: E402
 
 METRICS = {"final average accuracy": final_average_accuracy, "average forgetting": average_forgetting,
@@ -21,7 +22,8 @@ METRICS = {"final average accuracy": final_average_accuracy, "average forgetting
 
 def per_seed(run_dir):
     files = sorted(Path(run_dir).glob("seed_*.npz"), key=lambda f: int(f.stem.split("_")[1]))
-    return {int(np.load(f)["seed"]): np.load(f)["accuracy"] for f in files}
+    runs = [read_npz(f) for f in files]
+    return {int(r["seed"]): r["accuracy"] for r in runs}
 
 
 def main():

@@ -285,6 +285,13 @@ def make_report(params, summary, stats, grid=None):
         "",
         _secondary([t for t in stats["tests"] if t["family"] == "secondary"], stats, alpha, dead),
         "",
+        "## Published settings reproduced",
+        "",
+        "Published Permuted-MNIST numbers (Mammoth's SGD, online EWC, SI and replay; van de Ven & Tolias' "
+        "fine-tuning baseline) beside this code's runs of the same protocols are a pipeline of their own, "
+        "with its own generated table: [literature/results/table.md](../literature/results/table.md) "
+        "(`dvc repro literature/dvc.yaml`).",
+        "",
         "## Tuning",
         "",
         _tuning(grid, params),
