@@ -82,3 +82,13 @@ def test_literature_pipeline_end_to_end_leaves_the_main_study_alone(tmp_path):
     assert rows[0]["ours_mean"] > 20  # a tiny epoch of SGD at lr 0.2 still learns (chance 10%)
     noop = smoke.run(["dvc", "repro", "literature/dvc.yaml"], repo).stdout
     assert "Running stage" not in noop
+
+    # A published row naming a run its setting lacks: one error line naming the key, the table kept.
+    table = (repo / "literature" / "results" / "table.md").read_bytes()
+    params = repo / "literature" / "params.yaml"
+    params.write_text(params.read_text().replace("run: er500,", "run: er501,"))
+    bad = smoke.run(["dvc", "repro", "literature/dvc.yaml"], repo, check=False)
+    assert bad.returncode != 0
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert errors and "published.mammoth_er500.run" in errors[0] and "er501" in errors[0], bad.stderr
+    assert (repo / "literature" / "results" / "table.md").read_bytes() == table
