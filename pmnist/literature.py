@@ -8,7 +8,7 @@ study of its own: tasks, padding, training length), `run` one of its runs. Ours 
 average accuracy over its seeds (results/summary.json, the aggregate stage's), mean and sample std.
 Torch-free.
 """
-from pmnist.validate import fail, name, non_negative_float, section, string
+from pmnist.validate import fail, name, non_negative_float, section, string, unknown
 
 TARGET_POINTS = 2.0  # the aim: within 2 points of each published value
 
@@ -23,6 +23,16 @@ ROW_SCHEMA = {
 }
 
 
+def validate_literature(raw) -> dict:
+    """literature/params.yaml (its one section, `published`) -> the validated published rows."""
+    if not isinstance(raw, dict):
+        fail("published", "literature/params.yaml must be a mapping with one section, published")
+    for section_name in raw:
+        if section_name != "published":
+            unknown("", section_name, ("published",))
+    return validate_published(raw.get("published"))
+
+
 def validate_published(raw) -> dict:
     if not isinstance(raw, dict) or not raw:
         fail("published", "must be a non-empty mapping of row name -> {setting, run, method, acc_pct, source}")
@@ -32,7 +42,7 @@ def validate_published(raw) -> dict:
 def describe(params: dict, run_name: str) -> str:
     """One line of protocol for a run of a setting's params (validated by pmnist.config)."""
     p, t, run = params["protocol"], params["train"], params["runs"][run_name]
-    hidden = "-".join(map(str, {**params["models"][run["model"]], **run["model_args"]}["hidden_dims"]))
+    hidden = "-".join(map(str, run["model_args"]["hidden_dims"]))  # model_args: the validated model settings
     length = (f"{t['iterations_per_task']} iterations/task" if t["iterations_per_task"]
               else f"{t['epochs']} epoch{'s' * (t['epochs'] > 1)}/task")
     args = lambda d: ", ".join(f"{k} {v}" for k, v in d.items())  # noqa: E731

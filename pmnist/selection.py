@@ -40,12 +40,12 @@ def experiments(exp_show: list) -> list:
 
 
 def pooled(tables: list) -> list:
-    """experiments() of several `dvc exp show --json` tables (grids run in several places or at several
-    times), each experiment once: a later table repeats an earlier one's experiments, and a table taken
-    while one still ran lacks its metrics, so the copy with the most metrics is kept."""
+    """The experiments() rows of several `dvc exp show --json` tables (grids run in several places or at
+    several times), each experiment once: a later table repeats an earlier one's experiments, and a table
+    taken while one still ran lacks its metrics, so the copy with the most metrics is kept."""
     best = {}
-    for table in tables:
-        for row in experiments(table):
+    for rows in tables:
+        for row in rows:
             key = row["rev"] or row["name"]
             if key not in best or _n_metrics(row) > _n_metrics(best[key]):
                 best[key] = row

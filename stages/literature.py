@@ -13,18 +13,15 @@ from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.errors import ConfigError, DataError
 from pmnist.io import require_file, write_json, write_text
-from pmnist.literature import markdown, table_rows, validate_published
+from pmnist.literature import markdown, table_rows, validate_literature
 
 
 def main():
     try:
-        raw = yaml.safe_load(require_file("params.yaml").read_text()) or {}
+        raw = yaml.safe_load(require_file("params.yaml").read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"literature/params.yaml: not valid YAML: {e}") from None
-    unknown = sorted(set(raw) - {"published"})
-    if unknown:
-        raise ConfigError(f"literature/params.yaml: unknown section(s) {', '.join(unknown)}; valid: published")
-    published = validate_published(raw.get("published"))
+    published = validate_literature(raw)
     summaries, settings = {}, {}
     for setting in sorted({p["setting"] for p in published.values()}):
         settings[setting] = load_params(Path(setting) / "params.yaml")

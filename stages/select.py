@@ -31,9 +31,7 @@ GRID = Path("results/tuning/grid.csv")
 def _read_table(path):
     try:
         with open(path) as f:
-            table = json.load(f)
-        experiments(table)  # the format check, here, to name the file
-        return table
+            return experiments(json.load(f))
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise SelectionError(f"{path}: not a `dvc exp show --json` table ({e!r})") from None
 

@@ -9,7 +9,7 @@ import yaml
 import smoke
 from pmnist.config import load_params
 from pmnist.errors import ConfigError
-from pmnist.literature import TARGET_POINTS, markdown, table_rows, validate_published
+from pmnist.literature import TARGET_POINTS, markdown, table_rows, validate_literature, validate_published
 
 ROOT = smoke.ROOT
 SETTINGS = ["mammoth", "vandeven"]
@@ -34,6 +34,11 @@ def test_a_bad_published_row_names_its_key(bad, match):
     row = {"setting": "mammoth", "run": "sgd", "method": "SGD", "acc_pct": 40.7, "source": "s", **bad}
     with pytest.raises(ConfigError, match=match):
         validate_published({"r": row})
+
+
+def test_an_unknown_section_of_the_literature_params_is_named_with_the_closest_key():
+    with pytest.raises(ConfigError, match="publsihed: unknown key; did you mean 'published'"):
+        validate_literature({"publsihed": {}})
 
 
 def test_table_rows_difference_and_target():

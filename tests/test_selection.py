@@ -164,7 +164,7 @@ def test_pooled_tables_count_each_experiment_once_keeping_its_finished_copy():
     for exp in running[1]["experiments"]:
         if exp["revs"][0]["name"] == "exp-mid":
             exp["revs"][0]["data"]["metrics"] = {}
-    rows = pooled([running, TABLE])
+    rows = pooled([experiments(running), experiments(TABLE)])
     assert sorted(r["name"] for r in rows) == sorted(r["name"] for r in experiments(TABLE))
     assert select(rows, "baseline", REPORTING)["best"]["name"] == "exp-mid"
     with pytest.raises(SelectionError, match="pass each grid point once"):  # without pooling: twice
