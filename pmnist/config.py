@@ -103,6 +103,7 @@ RUN_SCHEMA = {
     "method_args": (dict, None),
     "lr": positive_float,
     "batch_size": (positive_int, None),
+    "cuda_graphs": (boolean, None),     # None: train.cuda_graphs
     "periods": (list_of(positive_int), None),
     "lr_multipliers": (list_of(positive_float), None),
     "accumulate": (one_of("sum", "mean", "last"), "sum"),
@@ -155,6 +156,8 @@ def _run(run_name, raw, params):
     run["lr_multipliers"] = _per_level(f"{key}.lr_multipliers", run["lr_multipliers"], levels, run["model"], 1.0)
     if run["batch_size"] is None:
         run["batch_size"] = params["train"]["batch_size"]
+    if run["cuda_graphs"] is None:
+        run["cuda_graphs"] = params["train"]["cuda_graphs"]
     return run
 
 

@@ -60,6 +60,9 @@ def _protocol(params, stats):
         f"{stats['families'].get('primary', {}).get('k', 0)} declared hypotheses, **secondary** = everything "
         f"else. alpha = {stats['alpha']:g}. A BCa bootstrap interval and the Wilcoxon signed-rank test are "
         f"robustness checks only.",
+        "- **Compute**: the runs' wall times are in their logs only (nothing here depends on the clock); "
+        "the whole study's time on the accelerator, per run and in all, is measured in "
+        "[bench/README.md](../bench/README.md).",
     ])
 
 

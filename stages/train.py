@@ -74,7 +74,7 @@ def main(run_name):
     result = train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, seeds=seeds,
                              epochs=train["epochs"], iterations_per_task=train["iterations_per_task"],
                              batch_size=run["batch_size"], method=method, name=run_name,
-                             cuda_graphs=train["cuda_graphs"] and graph_safe(run),
+                             cuda_graphs=run["cuda_graphs"] and graph_safe(run),
                              log=lambda line: print(line, flush=True))
 
     trained = time.perf_counter() - STARTED - setup

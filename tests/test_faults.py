@@ -201,6 +201,21 @@ def test_bad_permutations_file_is_rejected_before_training(inputs, perms, match)
     fails("train", "cms", match=rf"^error: data/permutations\.npy: .*{match}")
 
 
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda b: b[:-1], r"7839999 bytes of data for 10000 x 28 x 28"),
+    (lambda b: b"\x00\x00\x0d\x03" + b[4:], r"not a 3-dimensional uint8 IDX file"),
+    (lambda b: b[:4] + (9999).to_bytes(4, "big") + b[8:], r"holds 9999 x 28 x 28 items, expected 10000 x 28 x 28"),
+])
+def test_corrupt_mnist_file_is_one_line_naming_it(inputs, corrupt, match):
+    inputs()
+    path = Path("data/mnist/t10k-images-idx3-ubyte")
+    data = path.read_bytes()
+    path.unlink()  # the link to the shared file: write a corrupt copy in its place
+    path.write_bytes(corrupt(data))
+    fails("train", "cms", match=rf"^error: data/mnist/t10k-images-idx3-ubyte: not a readable MNIST IDX file \({match}\); "
+                                r"run `dvc repro -f download`$")
+
+
 def test_corrupt_or_misshapen_run_results_are_one_line(inputs):
     inputs()
     for run in RUNS:  # valid results for every run, then break one

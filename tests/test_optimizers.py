@@ -13,7 +13,7 @@ import torch
 from pmnist.models.mlp import MLP
 from pmnist.optim import OPTIMIZERS, build_optimizer
 from pmnist.optim.cms import CMSScheduler
-from pmnist.optim.deep_momentum import read_out
+from pmnist.optim.deep_momentum import memory_scale, read_out
 from pmnist.optim.newton_schulz import newton_schulz, orthogonalise, orthogonalise_many
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,8 +213,8 @@ def test_deep_memory_with_defaults_leaves_its_init_and_is_not_plain_momentum():
     for i, (p0, x, y, z, st) in enumerate(zip(params, deep, linear, sgd, opt.state.values())):
         assert st["mlp"][-2].abs().max() > 1e-3, "the memory's read-out never left its (zero) init"
         m, u = st["m"], grads[-1][i].reshape(3, -1)
-        s = u.pow(2).mean(1, keepdim=True).sqrt()          # the scale the last step read the memory at
-        share = ((read_out(m, st["mlp"], s) - m).norm() / m.norm()).item()
+        c = memory_scale(m, u)                              # ~ the scale the last step read the memory at
+        share = ((read_out(m, st["mlp"], c) - m).norm() / m.norm()).item()
         assert share > 0.1, f"the MLP's term is only {share:.3f} of the momentum table's norm"
         moved = (x - p0).norm()
         assert (x - y).norm() > 0.005 * moved and (x - z).norm() > 0.1 * moved
@@ -434,3 +434,22 @@ def test_every_optimizer_learns_one_mnist_task(name, mnist, one_thread):
     accuracy = result["accuracy"]
     print(f"{name}: lr={lr} n={n} test accuracy {accuracy[0, 0, 0]:.4f}")
     assert accuracy[0, 0, 0] >= 0.90, f"{name} lr={lr}: {accuracy[0, 0, 0]:.4f}"
+
+
+@pytest.mark.parametrize("objective", ["delta", "dot"])
+def test_deep_memory_stays_bounded_when_the_gradient_scale_collapses(objective):
+    """Issue 16's divergence (seed 5, task 3, step 11809 of the full protocol): the memory MLP's inner
+    steps ran away when a tensor's gradient became tiny beside the momentum it had stored. The MLP reads
+    the table in units of the table's own RMS, so its inputs keep unit RMS whatever the gradients do: here
+    the gradient drops by 1e6 after 50 steps and the memory must stay finite and of its earlier size
+    (reading the table in units of the gradient's RMS, as before, sends the MLP's input to ~1e5 and its
+    weights to inf within a few steps)."""
+    torch.manual_seed(0)
+    p = torch.randn(2, 16, 24) * 0.1
+    grads = [[torch.randn(2, 16, 24) * (1.0 if t < 50 else 1e-6)] for t in range(150)]
+    _, opt = _run(lambda ps: build_optimizer("deep_momentum", ps, 0.1, args_for(
+        "deep_momentum", objective=objective, hidden_dim=16)), [p], grads)
+    st = next(iter(opt.state.values()))
+    biggest = max(w.abs().max().item() for w in st["mlp"])
+    assert biggest < 10, f"the memory MLP's largest weight grew to {biggest:.3g}"
+    assert torch.isfinite(st["m"]).all()

@@ -314,3 +314,14 @@ def test_a_wide_mlp_run_sits_beside_the_default_mlp_runs_with_its_own_periods(pa
     raw["runs"]["cms"]["periods"] = [2, 1]
     with pytest.raises(ConfigError, match=r"runs\.cms\.periods: has 2 entries but model 'mlp' has 3 levels"):
         config.validate(raw)
+
+
+def test_idx_reader_reads_what_torchvision_reads(mnist_dir, mnist):
+    """pmnist.data reads IDX with numpy (torchvision's import costs a stage ~1-2 s): same arrays, bit for bit."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    for ours, name in zip(mnist, names):
+        reader = read_image_file if "images" in name else read_label_file
+        theirs = reader(str(mnist_dir / name))
+        theirs = theirs.reshape(len(theirs), -1) if "images" in name else theirs.long()
+        assert ours.dtype == theirs.dtype and torch.equal(ours, theirs), name

@@ -27,7 +27,8 @@ seed, the memory M has parameters theta = (m, psi):
           a fixed-seed draw, identical for every seed and run; the last layer starts at zero, so
           M = m, plain momentum, at step 1)
 
-    read-out, per coordinate j:  M_theta_j = m_j + s * h_psi(m_j / s),   s = RMS(u) over the seed's tensor
+    read-out, per coordinate j:  M_theta_j = m_j + c * h_psi(m_j / c),
+                                 c = sqrt(RMS(m)^2 + RMS(u)^2) over the seed's tensor (see Scales)
     inner objective:  dot    L2(theta; u) = -sum_j M_theta_j u_j              (dot-product similarity)
                       delta  L2(theta; u) = 1/2 sum_j (M_theta_j - u_j)^2      (l2 regression, delta rule; default)
     inner step (Eq. 50): theta <- alpha theta - eta grad_theta L2(theta; u_t)
@@ -45,11 +46,19 @@ next gradient). Under dot it grows along the gradient's agreement with the momen
 balances it; with a decay of beta per step that equilibrium is small (measured: the MLP's term ~1 %
 of the table's norm at memory_lr 0.01-0.1), so `dot` is in practice heavy-ball momentum.
 
-Scales: the MLP works on scale-free inputs (whatever the gradient's scale, it sees O(1) numbers) and
-its output is rescaled by s; its inner step is that of the per-coordinate mean of the objective in
-those units (eta_psi = memory_lr / (n s^2), n = coordinates of the tensor), so memory_lr does not
-depend on the gradient's scale or the tensor's size. alpha and eta_m come from `momentum` (beta) so
-that the LINEAR memory (num_layers = 0: no MLP) is exactly classical momentum under either objective:
+Scales: the MLP works in units of c = sqrt(RMS(m)^2 + RMS(u)^2) (per seed and tensor, computed before
+the inner step and held fixed through it): its input m / c, its output and the regression's error
+(M - u) / c all have RMS <= 1 whatever the gradient's and the memory's own scales do. Its inner step is
+that of the per-coordinate mean of the objective in those units (eta_psi = memory_lr / (n c^2), n =
+coordinates of the tensor), so memory_lr depends neither on the gradient's scale nor on the tensor's size.
+Why c and not s = RMS(u) alone (the first version): when a tensor's gradient becomes tiny beside the
+momentum it has stored, m / s grows without bound, and so do the MLP's input, its regression target and
+its inner step. That is how the full-protocol run diverged (seed 5, task 3, step 11809: the MLP's
+largest weight 1.9, 2.7, 60, 1.3e6 over four steps, then inf; bench/README.md);
+tests/test_optimizers.py drops a gradient's scale by 1e6 and checks the memory stays bounded.
+
+alpha and eta_m come from `momentum` (beta) so that the LINEAR memory (num_layers = 0: no MLP) is
+exactly classical momentum under either objective:
 
     dot    alpha = beta, eta_m = 1:      m <- beta m + u              heavy ball = torch.optim.SGD(momentum=beta)
     delta  alpha = 1,    eta_m = 1-beta: m <- beta m + (1-beta) u     EMA (Adam's first moment); the
@@ -59,9 +68,9 @@ Hebbian growth of a dot-product memory; none under the delta rule, whose objecti
 So an EMA step is 1-beta times a heavy-ball step: with `delta` use a ~1/(1-beta) larger lr.
 tests/test_optimizers.py checks the dot/linear case against torch.optim.SGD(momentum) bit for bit,
 the delta/linear case against the EMA, and that with the defaults the MLP leaves its init.
-Measured (CPU, one MNIST task, 20k images, batch 128, seed 0): linear delta memory (EMA) lr 1:
-0.918; defaults (delta, hidden 128, memory_lr 0.01) lr 1: 0.926, the MLP's term at the end ~0.6-0.9
-of the table's norm per tensor (so far from plain momentum); memory_lr 0.1: 0.885.
+Measured with the first version (s in place of c; CPU, one MNIST task, 20k images, batch 128, seed 0):
+linear delta memory (EMA) lr 1: 0.918; defaults (delta, hidden 128, memory_lr 0.01) lr 1: 0.926, the
+MLP's term at the end ~0.6-0.9 of the table's norm per tensor (so far from plain momentum); memory_lr 0.1: 0.885.
 
 CUDA-graph safe: m, the MLP's weights and everything else are device tensors created on the first
 step and updated in place (the inner gradient by autograd.grad: no Python branch on a value, no sync).
@@ -97,11 +106,19 @@ def _mlp(layers, x):
     return h.squeeze(-1)
 
 
-def read_out(m, mlp, s):
-    """M_theta [S, N] for the table m [S, N], the MLP's weights and the gradient's scale s [S, 1]."""
+def read_out(m, mlp, c):
+    """M_theta [S, N] for the table m [S, N], the MLP's weights and the memory's scale c [S, 1]
+    (memory_scale): the MLP reads the table and answers in units of c."""
     if not mlp:
         return m
-    return m + s * _mlp(mlp, m / s)
+    return m + c * _mlp(mlp, m / c)
+
+
+def memory_scale(m, u):
+    """c = sqrt(RMS(m)^2 + RMS(u)^2) per seed [S, 1]: the unit of the MLP's input m / c, its output and
+    the inner regression's error (M - u) / c. Both m / c and u / c have RMS <= 1 whatever the two scales
+    do, so no input, target or inner step can grow with their ratio (see the module docstring)."""
+    return (m.pow(2).mean(1, keepdim=True) + u.pow(2).mean(1, keepdim=True)).sqrt_().clamp_min_(1e-12)
 
 
 class DeepMomentum(torch.optim.Optimizer):
@@ -130,17 +147,17 @@ class DeepMomentum(torch.optim.Optimizer):
                                  if group["num_layers"] else [])
                 m, mlp = st["m"], st["mlp"]
                 u = p.grad.reshape(p.shape[0], -1).float()
-                s = u.pow(2).mean(1, keepdim=True).sqrt_().clamp_min_(1e-12)
+                c = memory_scale(m, u)     # before the inner step: a constant of it
                 with torch.enable_grad():
                     theta = [m.requires_grad_()] + [w.requires_grad_() for w in mlp]
-                    M = read_out(theta[0], theta[1:], s)
+                    M = read_out(theta[0], theta[1:], c)
                     inner = (M - u).pow(2).mul(0.5) if delta else -(M * u)
                     # a sum over seeds: each seed's memory gets only its own gradient
                     grads = torch.autograd.grad(inner.sum(), theta)
                 m.requires_grad_(False).mul_(alpha).sub_(grads[0], alpha=eta_m)
                 if mlp:
-                    scale = (group["memory_lr"] / (m.shape[1] * s * s)).unsqueeze(-1)   # [S, 1, 1]
+                    scale = (group["memory_lr"] / (m.shape[1] * c * c)).unsqueeze(-1)   # [S, 1, 1]
                     for w, dw in zip(mlp, grads[1:]):
                         w.requires_grad_(False).mul_(alpha).sub_(dw * scale)
-                update = read_out(m, mlp, s).view_as(p).to(p.dtype)
+                update = read_out(m, mlp, c).view_as(p).to(p.dtype)
                 p.add_(update, alpha=-group["lr"])
