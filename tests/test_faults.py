@@ -304,3 +304,13 @@ def test_nothing_unpickles_untrusted_data():
             if pyyaml and re.search(r"\byaml\.(load|load_all)\(", line) and not (loader and loader.group(1) in safe):
                 bad.append(where)
     assert bad == [], "\n".join(bad)
+
+
+def test_a_runs_cuda_graphs_overrides_the_default_and_is_checked(repo):
+    from pmnist.config import load_params
+    raw = repo({"runs": {"cms": {"cuda_graphs": False}}})
+    params = load_params("params.yaml")
+    assert params["runs"]["cms"]["cuda_graphs"] is False
+    assert all(run["cuda_graphs"] is raw["train"]["cuda_graphs"] for name, run in params["runs"].items() if name != "cms")
+    repo({"runs": {"cms": {"cuda_graphs": "no"}}})
+    fails("permutations", match=r"^error: params\.yaml: runs\.cms\.cuda_graphs: must be true or false")

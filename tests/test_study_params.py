@@ -16,7 +16,7 @@ LR_FROM = {
     "baseline_at_cms_lr": "cms", "cms_at_baseline_lr": "baseline", "cms_lr_control": "cms",
     "cms_reversed": "cms", "cms_p211": "cms", "cms_p631": "cms", "cms_p1241": "cms",
     "ewc": "baseline", "si": "baseline", "replay": "baseline", "joint": "baseline", "cms_replay": "cms",
-    "muon_b128": "muon", "m3_alpha0": "m3",
+    "muon_b128": "muon", "m3_alpha0": "m3", "deep_momentum_linear": "deep_momentum",
 }
 
 
@@ -47,3 +47,14 @@ def test_the_2x2_crosses_schedule_and_lr():
     assert periods("cms") == periods("cms_at_baseline_lr") != periods("baseline") == periods("baseline_at_cms_lr")
     assert RUNS["cms_lr_control"]["periods"] == [1, 1, 1]
     assert RUNS["cms_lr_control"]["lr_multipliers"] == pytest.approx([1 / p for p in periods("cms")])
+
+
+def test_deep_momentums_control_is_its_linear_memory_alone():
+    dm, linear = RUNS["deep_momentum"]["optimizer_args"], RUNS["deep_momentum_linear"]["optimizer_args"]
+    assert linear["num_layers"] == 0 < dm["num_layers"]
+    assert {k: v for k, v in linear.items() if k != "num_layers"} == {k: v for k, v in dm.items() if k != "num_layers"}
+
+
+def test_only_the_runs_that_need_it_leave_cuda_graphs():
+    """A run's cuda_graphs defaults to train.cuda_graphs; only m3 opts out (its graph replay segfaults)."""
+    assert [r for r, run in RUNS.items() if run["cuda_graphs"] != PARAMS["train"]["cuda_graphs"]] == ["m3"]
