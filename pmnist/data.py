@@ -13,8 +13,8 @@ IDX_UINT8 = 0x08
 
 
 def read_idx(path, shape):
-    """The uint8 array of an IDX file, checked to have `shape` (e.g. (60000, 28, 28)); a DataError names
-    the file otherwise. numpy reads it directly: torchvision's reader costs ~1-2 s of import per stage."""
+    """The uint8 array of an IDX file, checked to have `shape` (e.g. (60000, 28, 28)); ValueError saying
+    what is wrong otherwise. numpy reads it directly: torchvision's reader costs ~1-2 s of import per stage."""
     data = np.fromfile(path, dtype=np.uint8)
     header = 4 + 4 * len(shape)
     if len(data) < header or data[0] != 0 or data[1] != 0 or data[2] != IDX_UINT8 or data[3] != len(shape):
