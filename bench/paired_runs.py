@@ -21,9 +21,8 @@ METRICS = {"final average accuracy": final_average_accuracy, "average forgetting
 
 
 def per_seed(run_dir):
-    files = sorted(Path(run_dir).glob("seed_*.npz"), key=lambda f: int(f.stem.split("_")[1]))
-    runs = [read_npz(f) for f in files]
-    return {int(r["seed"]): r["accuracy"] for r in runs}
+    """seed value -> accuracy matrix, from the run's seed_*.npz (paired by the seed each file holds)."""
+    return {int(r["seed"]): r["accuracy"] for r in map(read_npz, Path(run_dir).glob("seed_*.npz"))}
 
 
 def main():
