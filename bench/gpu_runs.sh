@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Train the named runs on a lent GPU machine, all at once (each its own process sharing the GPU), with
-# no DVC there: the data stages run as plain `python -m stages.<name>`. Back here, copy
-# results/runs/<run> and results/metrics/<run>.json in and `dvc commit -f train@<run> ...`.
-#   bash bench/gpu_runs.sh RUN [RUN ...]   -> ${JOB_OUT:-out}/ (progress, logs, device.txt, finished, DONE)
+# Train runs on a lent GPU machine with no DVC there: the data stages run as plain `python -m
+# stages.<name>`, then every named run (none named: every run of params.yaml, the slow ones first) as
+# its own process sharing the GPU, JOBS at a time (default: all at once; the runs are launch-bound, so
+# several share one GPU well). Back here, copy results/runs/<run> and results/metrics/<run>.json in and
+# `dvc commit -f train@<run> ...`: the lock then records what `dvc repro` would have.
+#   [JOBS=N] bash bench/gpu_runs.sh [RUN ...]   -> ${JOB_OUT:-out}/ (progress, logs, device.txt, finished, DONE)
 # Run it detached and poll for out/DONE (bench/README.md: long device jobs).
 set -uo pipefail
 O="${JOB_OUT:-out}"; mkdir -p "$O/logs"  # not $OUT: a detached job outlives the call that owns $OUT
@@ -10,9 +12,18 @@ export MNIST_MIRROR="$PWD/.mnist" PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1  # a c
 T0=$(date +%s); p() { echo "$(( $(date +%s) - T0 )) s $*" >> "$O/progress"; }
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; python3 -c "import torch; print('torch', torch.__version__)"; } > "$O/device.txt"
 p start
-python3 -m stages.download > "$O/logs/data.log" 2>&1 && python3 -m stages.permutations >> "$O/logs/data.log" 2>&1
+{ python3 -m stages.download && python3 -m stages.permutations && python3 -m stages.split; } > "$O/logs/data.log" 2>&1
 p "data rc $?"
-for r in "$@"; do
-  ( python3 -m stages.train "$r" > "$O/logs/$r.log" 2>&1; rc=$?; [ $rc = 0 ] && echo "$r" >> "$O/finished"; p "$r rc $rc" ) &
-done
-wait; p done; touch "$O/DONE"
+runs=("$@")
+if [ ${#runs[@]} -eq 0 ]; then  # every run, longest first, so the slow ones do not start last
+  mapfile -t runs < <(python3 -c "from pmnist.config import load_params; print('\n'.join(load_params()['runs']))" |
+    while read -r r; do case $r in nested_ssm*|m3*|deep_momentum*) echo "0 $r";; muon*) echo "1 $r";; *) echo "2 $r";; esac; done |
+    sort -s -k1,1 | cut -d' ' -f2)
+fi
+train() {
+  python3 -m stages.train "$1" > "$O/logs/$1.log" 2>&1; rc=$?
+  [ $rc = 0 ] && echo "$1" >> "$O/finished"; p "$1 rc $rc"
+}
+export -f train p; export O T0
+printf '%s\n' "${runs[@]}" | xargs -P "${JOBS:-${#runs[@]}}" -n 1 bash -c 'train "$1"' _
+p done; touch "$O/DONE"

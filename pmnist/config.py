@@ -78,6 +78,7 @@ SCHEMA = {
         "device": device,
         "tf32": boolean,
         "cuda_graphs": boolean,
+        "n_seeds": (positive_int, None),               # seeds per run (a run may set its own); None: protocol.n_seeds
     },
     "stats": {
         "alpha": unit_interval,
@@ -104,6 +105,7 @@ RUN_SCHEMA = {
     "lr": positive_float,
     "batch_size": (positive_int, None),
     "cuda_graphs": (boolean, None),     # None: train.cuda_graphs
+    "n_seeds": (positive_int, None),    # None: train.n_seeds; at most protocol.n_seeds (see _run)
     "periods": (list_of(positive_int), None),
     "lr_multipliers": (list_of(positive_float), None),
     "accumulate": (one_of("sum", "mean", "last"), "sum"),
@@ -158,6 +160,11 @@ def _run(run_name, raw, params):
         run["batch_size"] = params["train"]["batch_size"]
     if run["cuda_graphs"] is None:
         run["cuda_graphs"] = params["train"]["cuda_graphs"]
+    # A run trains the first n of the protocol's seeds, so any two runs pair on the seeds both trained.
+    # Capped at protocol.n_seeds (not an error): lowering it shrinks every run at once (the tuning grids).
+    p = params["protocol"]
+    n = min(run["n_seeds"] or params["train"]["n_seeds"] or p["n_seeds"], p["n_seeds"])
+    run["n_seeds"], run["seeds"] = n, [p["seed"] + k for k in range(n)]
     return run
 
 
@@ -235,12 +242,18 @@ def validate(raw: dict) -> dict:
     return params
 
 
-def load_params(path="params.yaml") -> dict:
-    path = Path(path)
+def read_yaml(path, label=None):
+    """A params file's raw content (YAML 1.2 floats), or one ConfigError naming it (as `label`, default the path)."""
+    label = label or str(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_Loader)
+        return yaml.load(Path(path).read_text(), Loader=_Loader)
     except FileNotFoundError:
-        raise ConfigError(f"{path}: not found (run from the repository root)") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    return validate(raw)
+        raise ConfigError(f"{label}: not found (run from the repository root)") from None
+    except yaml.YAMLError as e:  # one line: what is wrong and where (PyYAML's own text spans several)
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{label}: not valid YAML: {getattr(e, 'problem', None) or type(e).__name__}{where}") from None
+
+
+def load_params(path="params.yaml") -> dict:
+    return validate(read_yaml(path))

@@ -97,13 +97,13 @@ def summarize(x):
 
 
 # ---- inputs from the train stage -------------------------------------------------------------------
-def load_runs(runs_dir, runs, seeds, n_tasks):
+def load_runs(runs_dir, seeds_by_run, n_tasks):
     """Read runs_dir/<run>/seed_<k>.npz for the named runs only (stale run directories are ignored);
-    file k must hold seed value seeds[k], so every run is paired on the same seeds.
-    Returns run -> {accuracy [S, T, T], untrained_accuracy [S, T], seed [S]}."""
+    seeds_by_run: run -> its seed values (params' runs.<run>.seeds); file k must hold seeds[k], so runs
+    pair by seed value. Returns run -> {accuracy [S, T, T], untrained_accuracy [S, T], seed [S]}."""
     expect = {"accuracy": (n_tasks, n_tasks), "untrained_accuracy": (n_tasks,), "seed": ()}
     out = {}
-    for run in runs:
+    for run, seeds in seeds_by_run.items():
         files = []
         for k, seed in enumerate(seeds):
             path = require_file(Path(runs_dir) / run / f"seed_{k}.npz",

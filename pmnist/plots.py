@@ -191,7 +191,11 @@ def make_figures(data, stats, out_dir, runs, tradeoff, dpi):
     for run, control in pairs:
         tests = {t["metric"]: t for t in stats["tests"]
                  if t["kind"] == "comparison" and (t["run"], t["control"]) in ((run, control), (control, run))}
-        diffs = {m: values[run][m] - values[control][m] for m in HEADLINE}
+        # paired by seed value, on the seeds both runs trained (runs may train different numbers)
+        seeds_r, seeds_c = data[run]["seed"].tolist(), data[control]["seed"].tolist()
+        both = [s for s in seeds_r if s in seeds_c]
+        ir, ic = [seeds_r.index(s) for s in both], [seeds_c.index(s) for s in both]
+        diffs = {m: values[run][m][ir] - values[control][m][ic] for m in HEADLINE}
         plot_paired_difference(run, control, diffs, tests, out(paths["diff"][run, control]), dpi)
     return [paths["average_accuracy"], paths["forgetting"], paths["stability_plasticity"],
             *paths["matrix"].values(), *paths["diff"].values()]

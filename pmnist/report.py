@@ -39,9 +39,24 @@ def _diff(r):
     return f"{_f(r['mean_diff'], '+.2f')}{_ci(r['ci95_low'], r['ci95_high'])}"
 
 
-def _protocol(params, stats):
+def _seeds(runs, summary):
+    """The protocol's seeds line, from the seeds each run trained (results/summary.json)."""
+    by_seeds = {}
+    for run in runs:
+        by_seeds.setdefault(tuple(summary["runs"][run]["seeds"]), []).append(run)
+    span = lambda s: f"{len(s)} (seed values {s[0]}..{s[-1]})" if len(s) > 1 else f"1 (seed value {s[0]})"  # noqa: E731
+    if len(by_seeds) == 1:
+        return (f"- **Seeds**: {span(next(iter(by_seeds)))}; every run trains the same seeds on the same task "
+                f"sequences, so runs are compared **paired by seed**.")
+    common = max(by_seeds, key=lambda s: len(by_seeds[s]))
+    others = "; ".join(f"{span(s)} for " + ", ".join(f"`{r}`" for r in members)
+                       for s, members in sorted(by_seeds.items(), key=lambda kv: -len(kv[0])) if s != common)
+    return (f"- **Seeds**: {others}; {span(common)} for every other run. Seed k has the same task sequence in "
+            f"every run, so runs are compared **paired by seed**, on the seeds both trained (the `seeds` columns).")
+
+
+def _protocol(params, stats, summary):
     p, t = params["protocol"], params["train"]
-    seeds = f"{p['seed']}..{p['seed'] + p['n_seeds'] - 1}" if p["n_seeds"] > 1 else str(p["seed"])
     models = "; ".join(f"`{name}`: " + ", ".join(f"{k} = {v}" for k, v in cfg.items())
                        for name, cfg in params["models"].items())
     return "\n".join([
@@ -49,8 +64,7 @@ def _protocol(params, stats):
         + (" (task 1 unpermuted)" if p["identity_first_task"] else "") + f", {t['epochs']} epoch(s) each, default "
         f"batch {t['batch_size']}, {t['train_subset'] or 'all'} training images; after each task every task is "
         f"evaluated on the **{t['eval_split']}** split.",
-        f"- **Seeds**: {p['n_seeds']} (seed values {seeds}); every run trains the same seeds on the same task "
-        f"sequences, so runs are compared **paired by seed**.",
+        _seeds(params["runs"], summary),
         f"- **Models**: {models}.",
         f"- **Metrics** (percentage points): final accuracy = mean_j R[T-1, j]; forgetting = mean over j < T-1 of "
         f"max_l R[l, j] - R[T-1, j] (Chaudhry et al. 2018); learning accuracy = mean_j R[j, j] (plasticity). "
@@ -117,7 +131,15 @@ def _runs(params, summary):
     return "\n".join(lines)
 
 
-def _primary(tests, stats, n_seeds, alpha, dead=()):
+def _seeds_verdict(tests):
+    wide = [r for r in tests if r["ci95_half_width"] is None or r["ci95_half_width"] > TARGET_HALF_WIDTH]
+    if not wide:
+        return f"Every primary difference is pinned down to ±{TARGET_HALF_WIDTH:g} point or better."
+    return (f"Wider than ±{TARGET_HALF_WIDTH:g} point: " + ", ".join(f"`{r['run']}` vs `{r['control']}`" for r in wide)
+            + " (more seeds: the runs' `n_seeds` in params.yaml).")
+
+
+def _primary(tests, stats, alpha, dead=()):
     if not tests:
         return "No primary hypotheses are declared (params `stats.primary`)."
     k = stats["families"]["primary"]["k"]
@@ -125,7 +147,7 @@ def _primary(tests, stats, n_seeds, alpha, dead=()):
              _p(r["p_value"]), _p(r["p_holm"]), verdict(r, alpha),
              _ci(r["bootstrap_ci95_low"], r["bootstrap_ci95_high"]).strip() or "n/a", _p(r["wilcoxon_p"]),
              _f(r["cohens_dz"]), _note(r, dead)) for r in tests]
-    seeds = [(f"`{r['run']}` vs `{r['control']}`, {METRICS[r['metric']][0]}", _f(r["sd_diff"]),
+    seeds = [(f"`{r['run']}` vs `{r['control']}`, {METRICS[r['metric']][0]}", r["n_pairs"], _f(r["sd_diff"]),
               f"±{_f(r['ci95_half_width'])}", _f(r["seeds_for_half_width_1"], "d")) for r in tests]
     return "\n".join([
         f"The {len(tests)} declared hypotheses, Holm-corrected among themselves only (k = {k} tests), "
@@ -134,10 +156,10 @@ def _primary(tests, stats, n_seeds, alpha, dead=()):
         _table(("comparison", "metric", "seeds", "difference [95% t-CI]", "p", "p_holm", "verdict",
                 "bootstrap 95% CI (check)", "Wilcoxon p (check)", "Cohen's d_z", "note"), rows), "",
         "### How many seeds, and why", "",
-        f"Each difference was measured on {n_seeds} paired seeds. The half-width of its 95% t-interval is "
-        f"t_(n-1) · sd / √n, with sd the standard deviation of the per-seed differences; the last column is the "
-        f"smallest n that would pin the difference down to ±{TARGET_HALF_WIDTH:g} point at the observed sd.", "",
-        _table(("comparison", "sd of differences", f"95% CI half-width at {n_seeds} seeds",
+        f"The half-width of a difference's 95% t-interval is t_(n-1) · sd / √n, with n the paired seeds and sd "
+        f"the standard deviation of the per-seed differences; the last column is the smallest n that would pin "
+        f"the difference down to ±{TARGET_HALF_WIDTH:g} point at the observed sd. " + _seeds_verdict(tests), "",
+        _table(("comparison", "paired seeds", "sd of differences", "95% CI half-width",
                 f"seeds for ±{TARGET_HALF_WIDTH:g} point"), seeds),
     ])
 
@@ -250,7 +272,6 @@ def make_report(params, summary, stats, grid=None):
         raise DataError("results/stats.json: not a stats file of this version; rerun the stats stage")
     runs, alpha = list(params["runs"]), stats["alpha"]
     figs = figure_paths(runs, primary_pairs(stats))
-    n_seeds = params["protocol"]["n_seeds"]
     tests = lambda fam, kind: [t for t in stats["tests"] if t["family"] == fam and t["kind"] == kind]  # noqa: E731
     dead = {run for run, s in summary["runs"].items() if s["learned_nothing_seeds"]}
     return "\n".join([
@@ -261,7 +282,7 @@ def make_report(params, summary, stats, grid=None):
         "",
         "## Protocol",
         "",
-        _protocol(params, stats),
+        _protocol(params, stats, summary),
         "",
         "## Runs",
         "",
@@ -269,7 +290,7 @@ def make_report(params, summary, stats, grid=None):
         "",
         "## Verdict: the primary hypotheses",
         "",
-        _primary(tests("primary", "comparison"), stats, n_seeds, alpha, dead),
+        _primary(tests("primary", "comparison"), stats, alpha, dead),
         "",
         *(f"![Paired differences, {run} vs {control}]({path})\n" for (run, control), path in figs["diff"].items()),
         "## Schedule × learning rate (2×2 interactions)",

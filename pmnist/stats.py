@@ -150,12 +150,15 @@ def _interval(d):
     return {"mean_diff": float(d.mean()), "ci95_low": float(d.mean() - half), "ci95_high": float(d.mean() + half)}
 
 
-def run_tests(values, tests, n_resamples=10000, seed=0):
+def run_tests(values, tests, n_resamples=10000, seed=0, trained=None):
     """paired_test for every planned test, then Holm within each family (t-test p -> p_holm, Wilcoxon p
-    -> wilcoxon_p_holm). Returns (results, families {name: {k, k_wilcoxon}})."""
+    -> wilcoxon_p_holm). trained: run -> bool per seed (None: every run trained every seed); a test uses
+    the seeds all its runs trained, so only a NaN metric of a trained seed counts as dropped.
+    Returns (results, families {name: {k, k_wilcoxon}})."""
     out = []
     for t in tests:
-        v = lambda run: values[run][t["metric"]]  # noqa: E731
+        common = np.logical_and.reduce([trained[r] for r in _runs_of(t)]) if trained else slice(None)
+        v = lambda run: values[run][t["metric"]][common]  # noqa: E731
         if t["kind"] == "comparison":
             res = paired_test(v(t["run"]), v(t["control"]), n_resamples, seed)
         else:
@@ -183,9 +186,9 @@ FAMILIES = {
 }
 
 
-def analyse(s, values, seeds):
-    """The content of results/stats.json, from params `stats` (s) and load_summary's (values, seeds)."""
-    tests, families = run_tests(values, plan(s, list(values)), s["bootstrap_resamples"], s["seed"])
+def analyse(s, values, seeds, trained=None):
+    """The content of results/stats.json, from params `stats` (s) and load_summary's (values, seeds, trained)."""
+    tests, families = run_tests(values, plan(s, list(values)), s["bootstrap_resamples"], s["seed"], trained)
     return to_jsonable({
         "alpha": s["alpha"], "confidence": CONFIDENCE, "seeds": seeds, "tested_metrics": list(TESTED),
         "interval": "ci95_*: paired t-interval mean(d) +- t_{n-1} sd(d) / sqrt(n), consistent with p_value; "
@@ -246,8 +249,9 @@ def sentence(r, alpha, k):
 
 # ---- input and output ------------------------------------------------------------------------------
 def load_summary(path):
-    """results/summary.csv (run, seed, metric, value) -> (values[run][metric] = array over seeds, seeds).
-    Runs keep their order in the file; a seed missing from a run is NaN there (dropped when pairing)."""
+    """results/summary.csv (run, seed, metric, value) -> (values[run][metric] = array over seeds, seeds,
+    trained[run] = bool array over seeds). Runs keep their order in the file; a seed a run did not train
+    is NaN there and False in trained (runs may train different numbers of seeds)."""
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
@@ -256,8 +260,9 @@ def load_summary(path):
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}; rerun the aggregate stage")
     seeds = sorted(df["seed"].unique().tolist())
-    values = {}
+    values, trained = {}, {}
     for run, g in df.groupby("run", sort=False):
+        trained[run] = np.isin(seeds, g["seed"].unique())
         if g.duplicated(["seed", "metric"]).any():
             raise DataError(f"{path}: run {run!r} has a (seed, metric) twice; rerun the aggregate stage")
         wide = g.pivot(index="seed", columns="metric", values="value").reindex(seeds)
@@ -265,7 +270,7 @@ def load_summary(path):
         absent = [m for m in TESTED if m not in values[run]]
         if absent:
             raise DataError(f"{path}: run {run!r} has no {', '.join(absent)}; rerun the aggregate stage")
-    return values, seeds
+    return values, seeds, trained
 
 
 def to_jsonable(obj):

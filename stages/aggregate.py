@@ -16,10 +16,9 @@ from pmnist.stats import to_jsonable
 
 def main():
     params = load_params()
-    p = params["protocol"]
-    seeds = [p["seed"] + k for k in range(p["n_seeds"])]
     # Only the runs named in params: directories of removed runs are stale and ignored.
-    data = load_runs("results/runs", list(params["runs"]), seeds, p["n_tasks"])
+    data = load_runs("results/runs", {run: cfg["seeds"] for run, cfg in params["runs"].items()},
+                     params["protocol"]["n_tasks"])
     summary, rows, curves, forgetting = aggregate(data)
     write_json("results/summary.json", to_jsonable(summary))
     write_text("results/summary.csv", pd.DataFrame(rows).to_csv(index=False))
@@ -31,7 +30,7 @@ def main():
 
     for run, s in summary["runs"].items():
         bad = s["learned_nothing_seeds"]
-        print(f"{run}: " + ", ".join(f"{m} {s['metrics'][m]['mean']}" for m in HEADLINE) + f" (mean of {len(seeds)} seed(s))"
+        print(f"{run}: " + ", ".join(f"{m} {s['metrics'][m]['mean']}" for m in HEADLINE) + f" (mean of {s['n_seeds']} seed(s))"
               + (f"; LEARNED NOTHING on seed(s) {', '.join(map(str, bad))}" if bad else ""))
 
 

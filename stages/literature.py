@@ -7,21 +7,16 @@ own params.yaml and the results of its own train and aggregate stages.
 import json
 from pathlib import Path
 
-import yaml
-
 from pmnist.cli import run_stage
-from pmnist.config import load_params
-from pmnist.errors import ConfigError, DataError
+from pmnist.config import load_params, read_yaml
+from pmnist.errors import DataError
 from pmnist.io import require_file, write_json, write_text
 from pmnist.literature import markdown, table_rows, validate_literature
 
 
 def main():
-    try:
-        raw = yaml.safe_load(require_file("params.yaml").read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"literature/params.yaml: not valid YAML: {e}") from None
-    published = validate_literature(raw)
+    # run in literature/ (the stage's wdir): errors name the file from the repository root
+    published = validate_literature(read_yaml("params.yaml", label="literature/params.yaml"))
     summaries, settings = {}, {}
     for setting in sorted({p["setting"] for p in published.values()}):
         settings[setting] = load_params(Path(setting) / "params.yaml")

@@ -16,8 +16,9 @@ STATS = "results/stats.json"
 
 def main():
     params = load_params()
-    p, runs = params["protocol"], list(params["runs"])
-    data = load_runs("results/runs", runs, [p["seed"] + k for k in range(p["n_seeds"])], p["n_tasks"])
+    runs = list(params["runs"])
+    data = load_runs("results/runs", {run: cfg["seeds"] for run, cfg in params["runs"].items()},
+                     params["protocol"]["n_tasks"])
     try:
         stats = json.loads(require_file(STATS, "the stats stage writes it").read_text())
     except json.JSONDecodeError as e:

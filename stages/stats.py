@@ -15,8 +15,7 @@ SUMMARY = Path("results/summary.csv")
 
 def main():
     s = load_params()["stats"]
-    values, seeds = load_summary(require_file(SUMMARY, "the aggregate stage writes it"))
-    out = analyse(s, values, seeds)
+    out = analyse(s, *load_summary(require_file(SUMMARY, "the aggregate stage writes it")))
     write_json("results/stats.json", out)
     for t in out["tests"]:
         if t["family"] == "primary" or (t["p_holm"] is not None and t["p_holm"] < s["alpha"]):

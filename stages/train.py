@@ -34,7 +34,7 @@ def main(run_name):
     if run_name not in params["runs"]:
         raise ConfigError(f"unknown run {run_name!r}; runs in params.yaml: {', '.join(params['runs'])}")
     run, train, protocol = params["runs"][run_name], params["train"], params["protocol"]
-    seeds = [protocol["seed"] + k for k in range(protocol["n_seeds"])]
+    seeds = run["seeds"]  # the first run["n_seeds"] of the protocol's seeds
     # Pixels per image: 784, or 1024 with protocol.pad_to 32; the model's input size follows it.
     n_pixels = image_pixels(protocol["pad_to"])
     validate_model_config(run["model"], f"runs.{run_name}.model_args", run["model_args"], in_dim=n_pixels)
@@ -45,7 +45,8 @@ def main(run_name):
         raise ConfigError(f"params.yaml: train.device: {e}") from None
     torch.backends.cuda.matmul.allow_tf32 = train["tf32"]
 
-    permutations = load_permutations("data/permutations.npy", len(seeds), protocol["n_tasks"], n_pixels)
+    permutations = load_permutations("data/permutations.npy", protocol["n_seeds"], protocol["n_tasks"], n_pixels)
+    permutations = permutations[:len(seeds)]
     train_x, train_y, test_x, test_y = load_mnist("data/mnist")
     if train["eval_split"] == "validation":  # train on the rest, evaluate on the held-out images
         split = read_npz(require_file("data/split.npz", "run `dvc repro split`"))

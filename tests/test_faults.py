@@ -306,6 +306,17 @@ def test_nothing_unpickles_untrusted_data():
     assert bad == [], "\n".join(bad)
 
 
+def test_a_runs_seeds_default_to_train_n_seeds_and_stop_at_the_protocols(repo):
+    from pmnist.config import load_params
+    repo({"protocol": {"seed": 5, "n_seeds": 3}, "train": {"n_seeds": 2}, "runs": {"cms": {"n_seeds": 3}}})
+    runs = load_params("params.yaml")["runs"]
+    assert runs["cms"]["seeds"] == [5, 6, 7] and runs["baseline"]["seeds"] == [5, 6]
+    repo({"protocol": {"n_seeds": 1}})  # below every run's own count: all train the protocol's seeds
+    assert {len(run["seeds"]) for run in load_params("params.yaml")["runs"].values()} == {1}
+    repo({"runs": {"cms": {"n_seeds": 0}}})
+    fails("permutations", match=r"^error: params\.yaml: runs\.cms\.n_seeds: must be a positive integer, got 0")
+
+
 def test_a_runs_cuda_graphs_overrides_the_default_and_is_checked(repo):
     from pmnist.config import load_params
     raw = repo({"runs": {"cms": {"cuda_graphs": False}}})
@@ -314,3 +325,16 @@ def test_a_runs_cuda_graphs_overrides_the_default_and_is_checked(repo):
     assert all(run["cuda_graphs"] is raw["train"]["cuda_graphs"] for name, run in params["runs"].items() if name != "cms")
     repo({"runs": {"cms": {"cuda_graphs": "no"}}})
     fails("permutations", match=r"^error: params\.yaml: runs\.cms\.cuda_graphs: must be true or false")
+
+
+def test_params_that_are_not_yaml_are_named(repo, monkeypatch):
+    repo()
+    Path("params.yaml").write_text("protocol: {seed: 0\n")
+    msg = fails("permutations", match=r"^error: params\.yaml: not valid YAML: .+ at line 2, column 1$")
+    assert "\n" not in msg.strip(), msg
+    # the literature table stage runs in literature/ and names its file from the repository root
+    Path("literature").mkdir()
+    Path("literature/params.yaml").write_text("published: [\n")
+    monkeypatch.chdir("literature")
+    msg = stage("literature")
+    assert msg.startswith("error: literature/params.yaml: not valid YAML: ") and "\n" not in msg.strip(), msg

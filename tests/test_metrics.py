@@ -94,7 +94,7 @@ def test_load_and_aggregate(tmp_path):
     _write_seeds(tmp_path, "a", [R, PERFECT])
     _write_seeds(tmp_path, "dead", [np.full((3, 3), 0.1), R])
     (tmp_path / "stale").mkdir()  # a removed run: must be ignored
-    data = load_runs(tmp_path, ["a", "dead"], seeds=[10, 11], n_tasks=3)
+    data = load_runs(tmp_path, {"a": [10, 11], "dead": [10, 11]}, n_tasks=3)
     summary, rows, curves, forgetting = aggregate(data)
     assert list(summary["runs"]) == ["a", "dead"]
     a = summary["runs"]["a"]
@@ -111,11 +111,11 @@ def test_load_and_aggregate(tmp_path):
 def test_load_runs_names_the_bad_file(tmp_path):
     _write_seeds(tmp_path, "a", [R, PERFECT])
     with pytest.raises(FileNotFoundError, match="b/seed_0.npz"):
-        load_runs(tmp_path, ["a", "b"], seeds=[10, 11], n_tasks=3)
+        load_runs(tmp_path, {"a": [10, 11], "b": [10, 11]}, n_tasks=3)
     with pytest.raises(DataError, match=r"a/seed_0\.npz: 'accuracy' has shape \(3, 3\), expected \(4, 4\)"):
-        load_runs(tmp_path, ["a"], seeds=[10, 11], n_tasks=4)
+        load_runs(tmp_path, {"a": [10, 11]}, n_tasks=4)
     with pytest.raises(DataError, match=r"a/seed_0\.npz: holds seed 10, expected 0"):
-        load_runs(tmp_path, ["a"], seeds=[0, 1], n_tasks=3)  # trained on other seeds: would mispair
+        load_runs(tmp_path, {"a": [0, 1]}, n_tasks=3)  # trained on other seeds: would mispair
     write_npz(tmp_path / "c" / "seed_0.npz", accuracy=R, seed=np.int64(0))
     with pytest.raises(DataError, match="c/seed_0.npz: no array 'untrained_accuracy'"):
-        load_runs(tmp_path, ["c"], seeds=[0], n_tasks=3)
+        load_runs(tmp_path, {"c": [0]}, n_tasks=3)

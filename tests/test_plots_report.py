@@ -62,7 +62,7 @@ def analysed(tmp_path_factory):
     """(data, summary.json, stats.json) as the stages compute them, without DVC or params.yaml."""
     root = tmp_path_factory.mktemp("study")
     _write_runs(root)
-    data = load_runs(root / "results" / "runs", list(RUNS), list(range(S)), T)
+    data = load_runs(root / "results" / "runs", {run: list(range(S)) for run in RUNS}, T)
     summary, rows, _, _ = aggregate(data)
     pd.DataFrame(rows).to_csv(root / "summary.csv", index=False)
     stats = analyse(STATS, *load_summary(root / "summary.csv"))
@@ -192,6 +192,31 @@ def test_report_reads_only_declared_inputs(study):
         path.unlink() if path.is_file() else __import__("shutil").rmtree(path)
     _stage("report")
     assert (study / "results" / "report.md").read_text() == report
+
+
+def test_runs_with_fewer_seeds_pair_on_the_seeds_both_trained(study):
+    """A run may train fewer seeds (runs.<run>.n_seeds): every stage pairs it with the others on the seeds
+    both trained, by seed value, and the report says who trained how many."""
+    raw = yaml.safe_load((study / "params.yaml").read_text())
+    raw["runs"]["cms_same_lr"]["n_seeds"] = 2
+    raw["runs"]["dead"]["n_seeds"] = 99  # capped at protocol.n_seeds (S)
+    (study / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    for name in ("aggregate", "stats", "plots", "report"):
+        _stage(name)
+    res = study / "results"
+    summary = json.loads((res / "summary.json").read_text())
+    assert summary["runs"]["cms_same_lr"]["seeds"] == [0, 1] and summary["runs"]["dead"]["n_seeds"] == S
+    stats = json.loads((res / "stats.json").read_text())
+    tests = {(t["run"], t["control"], t["metric"]): t for t in stats["tests"] if t["kind"] == "comparison"}
+    assert tests["cms", "baseline_at_cms_lr", "forgetting_pct"]["n_pairs"] == S
+    short = tests["cms_same_lr", "baseline", "forgetting_pct"]
+    rows = pd.read_csv(res / "summary.csv").query("metric == 'forgetting_pct'")
+    per_seed = lambda run: rows[rows.run == run].set_index("seed")["value"]  # noqa: E731
+    assert short["n_pairs"] == 2 and short["note"] is None  # untrained seeds are not "dropped"
+    assert short["mean_diff"] == pytest.approx((per_seed("cms_same_lr") - per_seed("baseline")[[0, 1]]).mean())
+    assert (res / "figures" / "paired_diff_cms_same_lr_vs_baseline.png").is_file()
+    report = (res / "report.md").read_text()
+    assert f"2 (seed values 0..1) for `cms_same_lr`; {S} (seed values 0..{S - 1}) for every other run" in report
 
 
 def test_removed_run_figures_vanish(study):

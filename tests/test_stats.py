@@ -182,9 +182,24 @@ def test_load_summary(tmp_path):
     rows = [f"{run},{s},{m},{v}" for run, v in (("b", 1.0), ("a", 2.0)) for s in (0, 1)
             for m in ("acc_pct", "forgetting_pct", "learning_acc_pct")]
     path.write_text("run,seed,metric,value\n" + "\n".join(rows[:-1]) + "\n")  # a's seed 1 has no learning acc
-    values, seeds = load_summary(path)
+    values, seeds, trained = load_summary(path)
     assert list(values) == ["b", "a"] and seeds == [0, 1]
     np.testing.assert_array_equal(values["a"]["learning_acc_pct"], [2.0, np.nan])
+    assert trained["a"].tolist() == [True, True]  # a NaN metric of a trained seed, not an untrained seed
+    path.write_text("run,seed,metric,value\n" + "\n".join(r for r in rows if not r.startswith("a,1,")) + "\n")
+    values, seeds, trained = load_summary(path)
+    assert trained["a"].tolist() == [True, False] and np.isnan(values["a"]["acc_pct"][1])
     path.write_text("run,seed,value\nb,0,1.0\n")
     with pytest.raises(DataError, match=r"summary.csv: missing column\(s\) metric"):
         load_summary(path)
+
+
+def test_a_run_with_fewer_seeds_pairs_on_the_seeds_both_trained():
+    values = {"a": {"acc_pct": np.array([5.0, 7.0, 9.0, np.nan])}, "b": {"acc_pct": np.array([4.0, 5.0, 6.0, 1.0])}}
+    trained = {"a": np.array([True, True, True, False]), "b": np.ones(4, bool)}
+    test = {"family": "primary", "kind": "comparison", "run": "a", "control": "b", "metric": "acc_pct"}
+    (r,), _ = run_tests(values, [test], n_resamples=100, trained=trained)
+    assert r["n_pairs"] == 3 and r["mean_diff"] == 2.0 and r["note"] is None  # seed 3: not trained, not "dropped"
+    values["a"]["acc_pct"][0] = np.nan  # a trained seed whose metric is undefined IS dropped, and said so
+    (r,), _ = run_tests(values, [test], n_resamples=100, trained=trained)
+    assert r["n_pairs"] == 2 and r["note"] == "1 seed(s) dropped: metric is NaN"

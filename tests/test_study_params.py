@@ -2,6 +2,7 @@
 the grid's choice in results/tuning/grid.csv, and every control takes its parent's lr (the 2x2 of
 schedule x lr, the CMS controls, the methods at the baseline's lr)."""
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,12 @@ def test_deep_momentums_control_is_its_linear_memory_alone():
 def test_only_the_runs_that_need_it_leave_cuda_graphs():
     """A run's cuda_graphs defaults to train.cuda_graphs; only m3 opts out (its graph replay segfaults)."""
     assert [r for r, run in RUNS.items() if run["cuda_graphs"] != PARAMS["train"]["cuda_graphs"]] == ["m3"]
+
+
+def test_every_primary_difference_is_pinned_to_one_point():
+    """The committed study has the seeds its primary hypotheses need (issue 17: 95% CI half-width <= 1)."""
+    stats = json.loads((ROOT / "results" / "stats.json").read_text())
+    primary = [t for t in stats["tests"] if t["family"] == "primary"]
+    assert len(primary) == len(PARAMS["stats"]["primary"])
+    assert {(t["run"], t["control"], t["ci95_half_width"] <= 1) for t in primary} == \
+        {(t["run"], t["control"], True) for t in primary}
