@@ -57,10 +57,17 @@ def orthogonalise(M, steps, dtype=torch.float32):
     return newton_schulz(M.reshape(M.shape[0], M.shape[1], -1), steps, dtype).reshape(M.shape)
 
 
+# Slices per Newton-Schulz call at most. M3 at 20 seeds batched P1 and P2 of a matrix into one
+# [40, 256, 784] call, and replaying its step's CUDA graph segfaulted every time; the same run with
+# calls of at most 20 slices finishes (side by side on one H200: 40 crashed, 20 finished; cause inside
+# torch/cuBLAS unknown; bench/README.md). Each slice is still normalised and iterated alone.
+MAX_BATCH = 20
+
+
 def orthogonalise_many(tensors, steps, dtype=torch.float32):
-    """orthogonalise() of every tensor, one Newton-Schulz call per distinct matrix shape: tensors of
-    equal [d1, d2*...] are concatenated along the batch axis (each slice is still normalised and
-    iterated alone, so the result equals one call per tensor). Returns the results in order."""
+    """orthogonalise() of every tensor, one Newton-Schulz call per distinct matrix shape (per MAX_BATCH
+    slices): tensors of equal [d1, d2*...] are concatenated along the batch axis (each slice is still
+    normalised and iterated alone, so the result equals one call per tensor). Returns the results in order."""
     mats = [t.reshape(t.shape[0], t.shape[1], -1) for t in tensors]
     out = [None] * len(mats)
     by_shape = {}
@@ -68,7 +75,8 @@ def orthogonalise_many(tensors, steps, dtype=torch.float32):
         by_shape.setdefault((tuple(m.shape[1:]), m.dtype, m.device), []).append(i)
     for idx in by_shape.values():
         batch = mats[idx[0]] if len(idx) == 1 else torch.cat([mats[i] for i in idx])
-        result = newton_schulz(batch, steps, dtype)
+        parts = [newton_schulz(part, steps, dtype) for part in batch.split(MAX_BATCH)]
+        result = parts[0] if len(parts) == 1 else torch.cat(parts)
         for i, part in zip(idx, result.split([mats[i].shape[0] for i in idx])):
             out[i] = part.reshape(tensors[i].shape)
     return out
