@@ -60,20 +60,24 @@ def _relevant(params, run):
     """What R's metrics depend on: if these differ from the parent's, identical metrics are stale."""
     train = params.get("train") or {}
     return ((params.get("runs") or {}).get(run), params.get("protocol"),
-            *(train.get(k) for k in ("eval_split", "epochs", "train_subset")))
+            *(train.get(k) for k in ("eval_split", "epochs", "train_subset", "n_seeds")))
 
 
 def measurement(row, run):
     """R's score in one experiment with its provenance: {score, split, first_seed, n_seeds, epochs, stale},
     or None when the experiment has no metric for R."""
     p = row["params"]
-    protocol, epochs = p.get("protocol") or {}, (p.get("train") or {}).get("epochs")
+    protocol, train = p.get("protocol") or {}, p.get("train") or {}
+    # the seeds R trained: the first min(its n_seeds or train.n_seeds, protocol.n_seeds) (pmnist/config.py)
+    pool = protocol.get("n_seeds")
+    own = ((p.get("runs") or {}).get(run) or {}).get("n_seeds") or train.get("n_seeds") or pool
+    n_seeds = None if pool is None else min(int(own), int(pool))
     m = row["metrics"].get(METRICS_FILE.format(run=run))
     if m and SCORE in m:
         parent = (row["parent"] or {}).get("metrics", {}).get(METRICS_FILE.format(run=run))
         stale = m == parent and _relevant(p, run) != _relevant(row["parent"]["params"], run)
-        return {"score": float(m[SCORE]), "split": (p.get("train") or {}).get("eval_split"),
-                "first_seed": protocol.get("seed"), "n_seeds": protocol.get("n_seeds"), "epochs": epochs, "stale": stale}
+        return {"score": float(m[SCORE]), "split": train.get("eval_split"),
+                "first_seed": protocol.get("seed"), "n_seeds": n_seeds, "epochs": train.get("epochs"), "stale": stale}
     return None
 
 

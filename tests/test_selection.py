@@ -169,3 +169,18 @@ def test_pooled_tables_count_each_experiment_once_keeping_its_finished_copy():
     assert select(rows, "baseline", REPORTING)["best"]["name"] == "exp-mid"
     with pytest.raises(SelectionError, match="pass each grid point once"):  # without pooling: twice
         select(experiments(TABLE) + experiments(TABLE), "baseline", REPORTING)
+
+
+def test_tuning_seeds_are_the_runs_own():
+    """A run trains the first min(its n_seeds or train.n_seeds, protocol.n_seeds) seeds (pmnist/config.py):
+    the grid's tuning seeds say so, and only those seeds are checked against the reporting ones."""
+    def seeds(p):
+        p["protocol"].update(seed=1000, n_seeds=50)
+        p["train"]["n_seeds"] = 3
+    choice = select(_edit(params=seeds), "baseline", REPORTING)
+    assert {g["tuning_seeds"] for g in choice["grid"]} == {"1000..1002"}
+
+    def own(p):
+        seeds(p)
+        p["runs"]["baseline"]["n_seeds"] = 80  # capped by protocol.n_seeds
+    assert {g["tuning_seeds"] for g in select(_edit(params=own), "baseline", REPORTING)["grid"]} == {"1000..1049"}
