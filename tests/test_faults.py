@@ -269,11 +269,16 @@ def test_unwritable_output_is_a_clear_error_and_keeps_the_earlier_file(repo, mon
     np.testing.assert_array_equal(io.read_npz("results/runs/cms/seed_1.npz")["accuracy"], np.eye(2))
 
 
-def test_same_params_and_seed_give_bit_identical_results(mnist, params):
-    train_x, train_y, test_x, test_y = (t[:n] for t, n in zip(mnist, (500, 500, 300, 300)))
+# every optimizer (cms: Adam with multi-timescale updates) and the methods with state, at an lr (and a
+# number of training images) where it learns in one epoch, so that equality means something
+@pytest.mark.parametrize("run_name, lr, n_train", [("cms", 1e-3, 500), ("muon", 0.02, 500), ("m3", 0.02, 500),
+                                                   ("deep_momentum", 1.0, 2000), ("ewc", 1e-3, 500),
+                                                   ("si", 1e-3, 500), ("replay", 1e-3, 500)])
+def test_same_params_and_seed_give_bit_identical_results(mnist, params, run_name, lr, n_train):
+    train_x, train_y, test_x, test_y = (t[:n] for t, n in zip(mnist, (n_train, n_train, 300, 300)))
     seeds = [3, 4]
     perms = make_permutations(3, len(seeds), 2)
-    run = {**params["runs"]["cms"], "lr": 1e-3}  # multi-timescale updates (the baseline: periods all 1)
+    run = {**params["runs"][run_name], "lr": lr}
     results = []
     for _ in range(2):
         model, scheduler, method = build_run(run, run["model_args"], seeds, torch.device("cpu"))
