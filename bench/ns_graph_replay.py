@@ -15,22 +15,15 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from adam_kernel import graphed  # noqa: E402
 from pmnist.optim.newton_schulz import newton_schulz  # noqa: E402
 
 
 def replay(batch, rows, cols, replays):
     G = torch.randn(batch, rows, cols, device="cuda")
     out = torch.empty_like(G)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            out.copy_(newton_schulz(G, 5, torch.bfloat16))
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out.copy_(newton_schulz(G, 5, torch.bfloat16))
+    graph = graphed(lambda: out.copy_(newton_schulz(G, 5, torch.bfloat16)))
     for k in range(replays):
         G.mul_(0.999).add_(0.01)  # new input every replay, as an optimizer's would be
         graph.replay()

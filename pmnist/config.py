@@ -161,11 +161,16 @@ def _run(run_name, raw, params):
     if run["cuda_graphs"] is None:
         run["cuda_graphs"] = params["train"]["cuda_graphs"]
     # A run trains the first n of the protocol's seeds, so any two runs pair on the seeds both trained.
-    # Capped at protocol.n_seeds (not an error): lowering it shrinks every run at once (the tuning grids).
     p = params["protocol"]
-    n = min(run["n_seeds"] or params["train"]["n_seeds"] or p["n_seeds"], p["n_seeds"])
+    n = seed_count(p["n_seeds"], params["train"]["n_seeds"], run["n_seeds"])
     run["n_seeds"], run["seeds"] = n, [p["seed"] + k for k in range(n)]
     return run
+
+
+def seed_count(protocol_n, train_n=None, run_n=None):
+    """How many seeds a run trains: its own n_seeds, else train.n_seeds, else protocol.n_seeds, and at most
+    protocol.n_seeds (not an error: lowering it shrinks every run at once, as the tuning grids do)."""
+    return min(run_n or train_n or protocol_n, protocol_n)
 
 
 def _check_run_names(key, names, runs):

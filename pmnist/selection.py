@@ -12,6 +12,7 @@ a value. The setting a grid varies is found from the experiments: `lr`, or one k
 `optimizer_args`, named dotted (`method_args.ewc_lambda`). Experiments that failed (no metrics at all)
 are skipped, and reported under the runs whose params they changed.
 """
+from pmnist.config import seed_count
 from pmnist.errors import SelectionError
 
 METRICS_FILE, SCORE = "results/metrics/{run}.json", "acc_pct"
@@ -68,10 +69,8 @@ def measurement(row, run):
     or None when the experiment has no metric for R."""
     p = row["params"]
     protocol, train = p.get("protocol") or {}, p.get("train") or {}
-    # the seeds R trained: the first min(its n_seeds or train.n_seeds, protocol.n_seeds) (pmnist/config.py)
-    pool = protocol.get("n_seeds")
-    own = ((p.get("runs") or {}).get(run) or {}).get("n_seeds") or train.get("n_seeds") or pool
-    n_seeds = None if pool is None else min(int(own), int(pool))
+    own = ((p.get("runs") or {}).get(run) or {}).get("n_seeds")
+    n_seeds = None if protocol.get("n_seeds") is None else seed_count(protocol["n_seeds"], train.get("n_seeds"), own)
     m = row["metrics"].get(METRICS_FILE.format(run=run))
     if m and SCORE in m:
         parent = (row["parent"] or {}).get("metrics", {}).get(METRICS_FILE.format(run=run))
