@@ -36,6 +36,42 @@ def test_registry_imports_without_torch():
     assert "adam" in out.stdout
 
 
+def test_building_and_training_never_import_torch_dynamo():
+    """torch.optim imports torch._dynamo (as slow as importing torch) on first use unless its wrappers
+    are skipped (pmnist/optim/no_dynamo.py): a few CMS steps of every optimizer, in a fresh process."""
+    code = """
+import sys, torch
+from pmnist.models.mlp import MLP
+from pmnist.optim import OPTIMIZERS, build_optimizer
+from pmnist.optim.cms import CMSScheduler
+for name, spec in OPTIMIZERS.items():
+    model = MLP([0, 1], [8, 8, 8], in_dim=12)
+    sched = CMSScheduler(model.levels(), [2, 1, 1], lambda ps, lr: build_optimizer(name, ps, lr, spec.defaults), 1e-3)
+    for _ in range(3):
+        sched.zero_grad()
+        model(torch.randn(2, 5, 12)).square().sum().backward()
+        sched.step()
+    sched.flush()
+    sched.groups[0].optimizer.state_dict()
+print('torch._dynamo' in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False", "torch._dynamo was imported: see pmnist/optim/no_dynamo.py"
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("adam", lambda ps: torch.optim.Adam(ps, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, fused=True)),
+    ("sgd", lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9))])
+def test_registry_adam_and_sgd_are_torchs_bit_for_bit(name, reference):
+    """Their step() is torch's, unwrapped (no_dynamo.py): the same arithmetic."""
+    params = [torch.randn(3, 40, 30), torch.randn(3, 40)]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(5)]
+    ours, _ = _run(lambda ps: build_optimizer(name, ps, 1e-3, args_for(name)), params, grads)
+    theirs, _ = _run(reference, params, grads)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_every_default_is_an_argument_of_its_builder(name):
     builder = OPTIMIZERS[name].load()

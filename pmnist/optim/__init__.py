@@ -25,6 +25,8 @@ class OptimizerSpec:
         return getattr(import_module(module), attr)
 
     def build(self, params, lr, **args):
+        from pmnist.optim.no_dynamo import skip_dynamo_wrappers  # imports torch: not at module level
+        skip_dynamo_wrappers()
         return self.load()(params, lr, **args)
 
 

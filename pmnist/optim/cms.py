@@ -84,7 +84,7 @@ class UpdateGroup:
 
 
 def is_elementwise(optimizer):
-    return getattr(optimizer, "elementwise", False) or type(optimizer) in ELEMENTWISE
+    return getattr(optimizer, "elementwise", False) or isinstance(optimizer, ELEMENTWISE)
 
 
 class CMSScheduler:
