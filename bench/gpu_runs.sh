@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Train runs on a lent GPU machine with no DVC there: the data stages run as plain `python -m
 # stages.<name>`, then every named run (none named: every run of params.yaml, the slow ones first) as
-# its own process sharing the GPU, JOBS at a time (default: all at once; the runs are launch-bound, so
-# several share one GPU well). Back here, copy results/runs/<run> and results/metrics/<run>.json in and
-# `dvc commit -f train@<run> ...`: the lock then records what `dvc repro` would have.
+# its own process, JOBS at a time (default 1: processes only time-slice one GPU; seven runs at once took
+# 355 s on an H200, the same seven one after another 214 s on the slower H100; bench/README.md). Back
+# here, copy results/runs/<run> and results/metrics/<run>.json in and `dvc commit -f train@<run> ...`:
+# the lock then records what `dvc repro` would have.
 #   [JOBS=N] bash bench/gpu_runs.sh [RUN ...]   -> ${JOB_OUT:-out}/ (progress, logs, device.txt, finished, DONE)
 # Run it detached and poll for out/DONE (bench/README.md: long device jobs).
 set -uo pipefail
@@ -28,5 +29,5 @@ train() {
   [ $rc = 0 ] && echo "$1" >> "$O/finished"; p "$1 rc $rc"
 }
 export -f train p; export O T0
-printf '%s\n' "${runs[@]}" | xargs -P "${JOBS:-${#runs[@]}}" -n 1 bash -c 'train "$1"' _
+printf '%s\n' "${runs[@]}" | xargs -P "${JOBS:-1}" -n 1 bash -c 'train "$1"' _
 p done; touch "$O/DONE"
