@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
@@ -44,7 +45,6 @@ def parse(spec):
         elif key in SPECIAL:
             special[key] = value
         else:
-            import yaml
             overrides[key] = yaml.safe_load(value)
     return name, run, overrides, special, env
 
@@ -111,7 +111,7 @@ def main():
     for spec in args.variants:
         name = parse(spec)[0]
         files = [out / f"{name}_{c}.npz" for c in range(args.copies)]
-        done = [dict(np.load(f)) for f in files if f.exists()]
+        done = [dict(np.load(f, allow_pickle=False)) for f in files if f.exists()]
         same = len(done) > 1 and all(np.array_equal(d[k], done[0][k]) for d in done[1:] for k in done[0])
         diff = max((np.abs(d["accuracy"] - done[0]["accuracy"]).max() for d in done[1:]), default=float("nan"))
         print(f"RESULT variant={name} copies={args.copies} finished={len(done)} "
