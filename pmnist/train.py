@@ -177,8 +177,9 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
     n_epochs = math.ceil(iterations_per_task / steps_per_epoch) if iterations_per_task else epochs
     if method is None:
         method = build_method("none", {}, model=model, seeds=seeds)
-    # Each seed's data order comes from its own generator, seeded like its tasks.
+    # Each seed's data order comes from its own generator, seeded like its tasks: one randperm per epoch.
     order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
+    draw_order = lambda: torch.stack([torch.randperm(n, generator=g) for g in order_rngs])
     train_step = TrainStep(model, scheduler, method, train_x, train_y, permutations, cuda_graphs)
 
     accuracy = torch.zeros(n_seeds, n_tasks, n_tasks, dtype=torch.float64)
@@ -187,12 +188,13 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
     untrained = evaluate_all_tasks(model, eval_x, eval_y, permutations).double().cpu()
 
     start, done = time.time(), 0
+    next_order = draw_order()
     for task in range(n_tasks):
         train_step.start_task(task)
         steps_left = iterations_per_task
         for epoch in range(n_epochs):
             model.train()
-            order = torch.stack([torch.randperm(n, generator=g) for g in order_rngs]).to(device)
+            order = next_order.to(device)
             batches = method.batches(task, order, batch_size)
             if iterations_per_task:
                 if len(batches) != steps_per_epoch:
@@ -204,6 +206,11 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
             train_step.loss_sum.zero_()
             for idx, tasks in batches:
                 train_step(idx, tasks)
+            # Draw the next epoch's order now, while a GPU still works through this epoch's queued steps (the
+            # check below waits for them): the same draws in the same sequence, ~1 ms per seed per epoch
+            # taken off the GPU's idle time.
+            if done + 1 < n_tasks * n_epochs:
+                next_order = draw_order()
             done += 1
             bad = (train_step.first_bad >= 0).nonzero().flatten().tolist()
             if bad:
