@@ -65,8 +65,7 @@ print('torch._dynamo' in sys.modules)
     ("sgd", lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9))])
 def test_registry_adam_and_sgd_are_torchs_bit_for_bit(name, reference):
     """Their step() is torch's, unwrapped (no_dynamo.py): the same arithmetic."""
-    params = [torch.randn(3, 40, 30), torch.randn(3, 40)]
-    grads = [[torch.randn_like(p) for p in params] for _ in range(5)]
+    params, grads = _params_and_grads(5)
     ours, _ = _run(lambda ps: build_optimizer(name, ps, 1e-3, args_for(name)), params, grads)
     theirs, _ = _run(reference, params, grads)
     assert all(torch.equal(a, b) for a, b in zip(ours, theirs))

@@ -13,8 +13,8 @@ stage, and buys nothing: this project compiles nothing. So:
   plain_step(cls)         the undecorated step() of a torch optimizer class under torch.no_grad(),
                           which is what the wrapper runs when the optimizer is not differentiable.
 
-Neither changes any arithmetic (tests/test_cms.py compares against torch.optim.Adam bit for bit). If a
-torch release renames these internals, the only effect is the old start-up time, and
+Neither changes any arithmetic (tests/test_optimizers.py compares with torch's Adam and SGD bit for
+bit). If a torch release renames these internals, the only effect is the old start-up time, and
 tests/test_optimizers.py, which checks that training leaves torch._dynamo unimported, says so.
 """
 import inspect
