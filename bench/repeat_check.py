@@ -95,12 +95,21 @@ def main():
         return worker(args.worker, args, args.out)
     if not args.variants:
         ap.error("name at least one VARIANT")
+    variants = [(spec, parse(spec)) for spec in args.variants]  # every spec checked before any work
+    names = [name for _, (name, *_) in variants]
+    if len(set(names)) < len(names):
+        ap.error(f"variant names must differ: {', '.join(names)}")
+    from pmnist.config import load_params  # torch-free
+    runs = load_params(ROOT / "params.yaml")["runs"]
+    unknown = [run for _, (_, run, *_) in variants if run not in runs]
+    if unknown:
+        ap.error(f"no run {', '.join(unknown)} in params.yaml")
     out = Path(args.dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = []
-    for spec in args.variants:
-        name, *_, env = parse(spec)
+    for spec, (name, *_, env) in variants:
         for c in range(args.copies):
+            (out / f"{name}_{c}.npz").unlink(missing_ok=True)  # a copy that fails must not count an older file
             cmd = [sys.executable, __file__, "--worker", spec, "--out", str(out / f"{name}_{c}.npz"),
                    "--tasks", str(args.tasks), "--epochs", str(args.epochs), "--seeds", str(args.seeds)]
             log = open(out / f"{name}_{c}.log", "w")
@@ -108,8 +117,7 @@ def main():
                                                    stdout=log, stderr=subprocess.STDOUT)))
     for name, c, proc in jobs:
         print(f"{name} copy {c}: exit {proc.wait()}", flush=True)
-    for spec in args.variants:
-        name = parse(spec)[0]
+    for name in names:
         files = [out / f"{name}_{c}.npz" for c in range(args.copies)]
         done = [dict(np.load(f, allow_pickle=False)) for f in files if f.exists()]
         same = len(done) > 1 and all(np.array_equal(d[k], done[0][k]) for d in done[1:] for k in done[0])
