@@ -26,6 +26,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+from pmnist.config import load_params  # noqa: E402  (torch-free: the parent never imports torch)
+
 SPECIAL = ("cuda_graphs", "deterministic", "max_batch")
 
 
@@ -52,7 +54,6 @@ def parse(spec):
 def worker(spec, args, out):
     import torch
     import pmnist.optim.newton_schulz as newton_schulz
-    from pmnist.config import load_params
     from pmnist.data import make_permutations
     from pmnist.train import build_run, graph_safe, resolve_device, train_continual
     from speed import mnist
@@ -99,7 +100,6 @@ def main():
     names = [name for _, (name, *_) in variants]
     if len(set(names)) < len(names):
         ap.error(f"variant names must differ: {', '.join(names)}")
-    from pmnist.config import load_params  # torch-free
     runs = load_params(ROOT / "params.yaml")["runs"]
     unknown = [run for _, (_, run, *_) in variants if run not in runs]
     if unknown:
