@@ -3,6 +3,7 @@ deep momentum (its linear special cases are classical momentum; with the default
 seed-batched equivalence, CUDA-graph safety, and a real check that every update rule learns one
 MNIST task."""
 import inspect
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -266,6 +267,60 @@ def test_deep_momentum_state_is_per_seed():
     opt.step()
     st = opt.state[p]
     assert st["m"].shape == (4, 30) and all(w.shape[0] == 4 for w in st["mlp"])
+
+
+# The Triton kernels of deep momentum's two-layer memory (CUDA's path) against the autograd reference
+# (the CPU path): several steps of both objectives, hidden sizes a power of two and not, a tensor whose
+# size is not a multiple of the kernels' block. `device` cpu runs the kernels in Triton's interpreter.
+DEEP_MOMENTUM_KERNEL_CHECK = """
+import sys, torch
+import pmnist.optim.deep_momentum as dm
+from pmnist.optim import deep_momentum_triton
+device, use_kernels = sys.argv[1], sys.argv[2] == "kernels"
+reference = lambda p, mlp: None
+kernels = lambda p, mlp: deep_momentum_triton if len(mlp) == 4 else None   # forced, on any device
+worst = 0.0
+for objective, hidden in (("delta", 16), ("dot", 12)):
+    torch.manual_seed(0)
+    p0 = torch.randn(3, 37, 29, device=device) * 0.1
+    grads = [torch.randn_like(p0) for _ in range(6)]
+    result = []
+    for choice in (reference, kernels):
+        dm._triton_step = choice
+        p = p0.clone().requires_grad_()
+        opt = dm.DeepMomentum([p], lr=0.1, objective=objective, hidden_dim=hidden)
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        st = opt.state[p]
+        result.append([p.detach(), st["m"], *st["mlp"]])
+    moved = max(w.abs().max().item() for w in result[0][4:])     # the MLP's output layer left zero
+    assert moved > 1e-4, f"{objective}: the memory MLP did not move ({moved})"
+    for name, a, b in zip(["p", "m", "W1", "b1", "W2", "b2"], *result):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"{objective} {name}")
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_deep_momentum_triton_kernels_equal_the_reference(device):
+    """On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, read when they are
+    defined: a fresh process); on CUDA compiled, as training runs them."""
+    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
+    out = subprocess.run([sys.executable, "-c", DEEP_MOMENTUM_KERNEL_CHECK, device, "kernels"], cwd=ROOT,
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_deep_momentum_uses_its_kernels_only_on_cuda():
+    """The CPU path (and every depth but two layers) is the autograd reference."""
+    import pmnist.optim.deep_momentum as dm
+    p = torch.zeros(2, 3, 4)
+    assert dm._triton_step(p, [p] * 4) is None and dm._triton_step(p, []) is None
+    if torch.cuda.is_available():
+        q = p.cuda()
+        assert dm._triton_step(q, [q] * 4) is not None and dm._triton_step(q, [q] * 2) is None
 
 
 # ---- every optimizer: seeds independent, graph-safe ------------------------------------------

@@ -75,7 +75,9 @@ MLP's term at the end ~0.6-0.9 of the table's norm per tensor (so far from plain
 CUDA-graph safe: m, the MLP's weights and everything else are device tensors created on the first
 step and updated in place (the inner gradient by autograd.grad: no Python branch on a value, no sync).
 Cost: the MLP runs on every coordinate (activations [S, n, hidden]), forward, backward, and forward
-again for the read-out after the inner step.
+again for the read-out after the inner step. On CUDA, the two-layer MLP (the runs' design) runs in
+two Triton kernels instead (deep_momentum_triton.py: activations kept in registers, the same
+arithmetic up to the order of sums); the autograd code below is the reference and the CPU path.
 """
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,15 @@ def memory_scale(m, u):
     return (m.pow(2).mean(1, keepdim=True) + u.pow(2).mean(1, keepdim=True)).sqrt_().clamp_min_(1e-12)
 
 
+def _triton_step(p, mlp):
+    """pmnist.optim.deep_momentum_triton where it handles p (CUDA, two-layer MLP), else None: the
+    reference below runs everywhere else (CPU, other depths) and is what the kernels are tested against."""
+    if not (p.is_cuda and len(mlp) == 4):
+        return None
+    from pmnist.optim import deep_momentum_triton   # imports triton: only where CUDA is used
+    return deep_momentum_triton if deep_momentum_triton.supported(p, mlp) else None
+
+
 class DeepMomentum(torch.optim.Optimizer):
     def __init__(self, params, lr, momentum=0.9, objective="delta", hidden_dim=128, num_layers=2, memory_lr=0.01):
         if objective not in OBJECTIVES:
@@ -148,6 +159,10 @@ class DeepMomentum(torch.optim.Optimizer):
                 m, mlp = st["m"], st["mlp"]
                 u = p.grad.reshape(p.shape[0], -1).float()
                 c = memory_scale(m, u)     # before the inner step: a constant of it
+                fused = _triton_step(p, mlp)
+                if fused is not None:      # CUDA, two-layer MLP: the same step in two kernels
+                    fused.step(p, u, m, mlp, c, group["lr"], alpha, eta_m, group["memory_lr"], delta)
+                    continue
                 with torch.enable_grad():
                     theta = [m.requires_grad_()] + [w.requires_grad_() for w in mlp]
                     M = read_out(theta[0], theta[1:], c)
