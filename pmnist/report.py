@@ -76,7 +76,10 @@ def _protocol(params, stats, summary):
         f"robustness checks only.",
         "- **Compute**: the runs' wall times are in their logs only (nothing here depends on the clock); "
         "the whole study's time on the accelerator, per run and in all, is measured in "
-        "[bench/README.md](../bench/README.md).",
+        "[bench/README.md](../bench/README.md). Numerics: float32 parameters and optimizer state; on CUDA the "
+        + ("matmuls run in **TF32** (`train.tf32`; every run's paired effect against float32 is in bench/README.md)"
+           if t["tf32"] else "matmuls run in float32 (`train.tf32: false`)")
+        + "; Newton-Schulz in each run's `ns_dtype`.",
     ])
 
 

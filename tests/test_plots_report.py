@@ -52,7 +52,7 @@ def _write_runs(root, runs=RUNS):
 
 def _params():
     return {"protocol": {"seed": 0, "n_seeds": S, "n_tasks": T, "identity_first_task": False},
-            "train": {"epochs": 2, "batch_size": 128, "train_subset": 0, "eval_split": "test"},
+            "train": {"epochs": 2, "batch_size": 128, "train_subset": 0, "eval_split": "test", "tf32": True},
             "models": {"mlp": {"hidden_dims": [256, 128, 64]}}, "runs": RUNS, "provenance": PROVENANCE,
             "stats": STATS, "plots": PLOTS}
 
@@ -85,6 +85,9 @@ def test_report_is_the_complete_verdict(analysed):
     for run, line in zip(RUNS, runs_table):
         assert line.startswith(f"| `{run}`") and f"| {S} |" in line
         assert (PROVENANCE.get(run) or NO_PROVENANCE) in line
+    assert "matmuls run in **TF32**" in report            # the numerics a reader must know (train.tf32)
+    fp32 = {**_params(), "train": {**_params()["train"], "tf32": False}}
+    assert "matmuls run in float32" in make_report(fp32, summary, stats, GRID)
     cms = summary["runs"]["cms"]["metrics"]["forgetting_pct"]
     assert f"{cms['mean']:.2f} [{cms['ci95_low']:.2f}, {cms['ci95_high']:.2f}]" in runs_table[2]
     assert "| 3/2/1 |" in runs_table[2]
