@@ -1,11 +1,12 @@
 """Where a training step's time goes: torch.profiler over a few hundred steps of one run.
 
     python bench/profile_step.py [--run cms] [--device auto] [--seeds 10] [--steps 300] [--no-graphs]
-                                 [--no-flat] [--tf32] [--no-triton] [--arg KEY=VALUE ...] [--no-profile]
+                                 [--no-flat] [--tf32 | --fp32] [--no-triton] [--arg KEY=VALUE ...] [--no-profile]
 
 --no-flat builds the CMS scheduler without flat buffers (per-tensor parameters, gradients and
 optimizer: the layout before flat buffers), --arg overrides one of the run's optimizer_args (e.g.
---arg ns_dtype=float32), --tf32 allows TF32 matmuls (train.tf32), --no-triton steps deep momentum
+--arg ns_dtype=float32), --tf32 / --fp32 run the matmuls in TF32 / float32 (default: params.yaml's
+train.tf32, as the study), --no-triton steps deep momentum
 through its autograd reference instead of its Triton kernels, so variants can be timed back to back
 on one machine. The last line is
 machine-readable:  RESULT run=... device=... graphs=... flat=... args=... us_per_step=...
@@ -43,14 +44,17 @@ def main():
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--no-graphs", action="store_true")
     ap.add_argument("--no-flat", action="store_true", help="per-tensor parameters and optimizer (no flat buffers)")
-    ap.add_argument("--tf32", action="store_true", help="allow TF32 matmuls on CUDA (train.tf32: true)")
+    precision = ap.add_mutually_exclusive_group()
+    precision.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA (default: params' train.tf32)")
+    precision.add_argument("--fp32", action="store_true", help="float32 matmuls on CUDA")
     ap.add_argument("--no-triton", action="store_true", help="deep momentum: the autograd reference, not the kernels")
     ap.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="override an optimizer arg")
     ap.add_argument("--no-profile", action="store_true", help="only time the steps")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     run, device = dict(params["runs"][args.run]), train.resolve_device(args.device)
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    tf32 = args.tf32 or (params["train"]["tf32"] and not args.fp32)
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     overrides = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.arg)}
     run["optimizer_args"] = {**run["optimizer_args"], **overrides}
     if args.no_triton:
@@ -71,7 +75,7 @@ def main():
         step(batch(i))
     sync(device)
     label = (f"run={args.run} device={device.type} graphs={graphs and device.type == 'cuda'} flat={not args.no_flat} "
-             f"tf32={args.tf32} triton={not args.no_triton} args={','.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
+             f"tf32={tf32} triton={not args.no_triton} args={','.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
     if not args.no_profile:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         t = time.perf_counter()

@@ -1,17 +1,20 @@
 """Is a run bit-for-bit repeatable on this device? Copies of one configuration trained at the same time
 (each its own process, all sharing the device), then compared array by array.
 
-    python bench/repeat_check.py [--tasks 3] [--epochs 2] [--seeds 20] [--copies 2] VARIANT [VARIANT ...]
+    python bench/repeat_check.py [--tasks 3] [--epochs 2] [--seeds 20] [--copies 2] [--one-at-a-time]
+                                 VARIANT [VARIANT ...]
 
 VARIANT is NAME=RUN[,KEY=VALUE ...]: RUN a run of params.yaml, KEY one of its optimizer_args
 (ns_dtype=float32) or
     cuda_graphs=false        train eagerly
     deterministic=true       torch.use_deterministic_algorithms(True)
     max_batch=N              pmnist.optim.newton_schulz.MAX_BATCH (slices per Newton-Schulz call)
+    tf32=true|false          TF32 matmuls on CUDA (default: params.yaml's train.tf32, as the study)
     env.NAME=VALUE           an environment variable of the process (CUBLAS_WORKSPACE_CONFIG=:4096:8)
 Every copy of every variant starts at once, so the device is shared as when several runs train
-together. Each copy writes accuracy [S, T, T], train_loss and its final parameters; a variant is
-repeatable when all its copies agree bit for bit on all three. Last lines, one per variant:
+together; with --one-at-a-time each copy runs alone, one after another (as `dvc repro` runs stages).
+Each copy writes accuracy [S, T, T], train_loss and its final parameters; a variant is repeatable
+when all its copies agree bit for bit on all three. Last lines, one per variant:
     RESULT variant=NAME copies=N finished=K identical=yes|no max_accuracy_diff=D
 """
 import argparse
@@ -28,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 from pmnist.config import load_params  # noqa: E402  (torch-free: the parent never imports torch)
 
-SPECIAL = ("cuda_graphs", "deterministic", "max_batch")
+SPECIAL = ("cuda_graphs", "deterministic", "max_batch", "tf32")
 
 
 def parse(spec):
@@ -64,6 +67,8 @@ def worker(spec, args, out):
     if "max_batch" in special:
         newton_schulz.MAX_BATCH = int(special["max_batch"])
     params = load_params(ROOT / "params.yaml")
+    # the study's numerics (as stages/train.py) unless the variant says otherwise
+    torch.backends.cuda.matmul.allow_tf32 = special.get("tf32", str(params["train"]["tf32"]).lower()) == "true"
     run = dict(params["runs"][run_name])
     run["optimizer_args"] = {**run["optimizer_args"], **overrides}
     device = resolve_device("auto")
@@ -87,7 +92,9 @@ def main():
     ap.add_argument("--tasks", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=20)
-    ap.add_argument("--copies", type=int, default=2)
+    ap.add_argument("--copies", type=int, default=2, help="copies of each variant (at least 2)")
+    ap.add_argument("--one-at-a-time", action="store_true",
+                    help="each copy alone on the device, one after another (default: all at once, sharing it)")
     ap.add_argument("--dir", default="repeat_check", help="where the copies write (and their logs)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -96,6 +103,8 @@ def main():
         return worker(args.worker, args, args.out)
     if not args.variants:
         ap.error("name at least one VARIANT")
+    if args.copies < 2:
+        ap.error("--copies: at least 2 (the copies are compared with each other)")
     variants = [(spec, parse(spec)) for spec in args.variants]  # every spec checked before any work
     names = [name for _, (name, *_) in variants]
     if len(set(names)) < len(names):
@@ -115,6 +124,8 @@ def main():
             log = open(out / f"{name}_{c}.log", "w")
             jobs.append((name, c, subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONFAULTHANDLER": "1"},
                                                    stdout=log, stderr=subprocess.STDOUT)))
+            if args.one_at_a_time:
+                jobs[-1][2].wait()
     for name, c, proc in jobs:
         print(f"{name} copy {c}: exit {proc.wait()}", flush=True)
     for name in names:
