@@ -276,10 +276,9 @@ DEEP_MOMENTUM_KERNEL_CHECK = """
 import sys, torch
 import pmnist.optim.deep_momentum as dm
 from pmnist.optim import deep_momentum_triton
-device, use_kernels = sys.argv[1], sys.argv[2] == "kernels"
+device = sys.argv[1]
 reference = lambda p, mlp: None
 kernels = lambda p, mlp: deep_momentum_triton if len(mlp) == 4 else None   # forced, on any device
-worst = 0.0
 for objective, hidden in (("delta", 16), ("dot", 12)):
     torch.manual_seed(0)
     p0 = torch.randn(3, 37, 29, device=device) * 0.1
@@ -308,7 +307,7 @@ def test_deep_momentum_triton_kernels_equal_the_reference(device):
     """On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, read when they are
     defined: a fresh process); on CUDA compiled, as training runs them."""
     env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
-    out = subprocess.run([sys.executable, "-c", DEEP_MOMENTUM_KERNEL_CHECK, device, "kernels"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", DEEP_MOMENTUM_KERNEL_CHECK, device], cwd=ROOT,
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 

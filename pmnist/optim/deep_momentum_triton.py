@@ -1,6 +1,6 @@
 """Deep momentum's step for its two-layer memory MLP as two Triton kernels (CUDA only).
 
-The reference step (deep_momentum.py, `DeepMomentum._step_reference`) runs the memory MLP
+The reference step (the autograd code in deep_momentum.py's `DeepMomentum.step`) runs the memory MLP
 h(x) = W2 . silu(W1 x + b1) + b2 (hidden H) on every coordinate with batched matmuls: it writes
 [S, n, H] activations for the forward, autograd's backward and the second read-out, about 4.7 ms per
 step at 20 seeds on an H200 (bench/README.md), almost all memory traffic and gemv kernels for a
@@ -18,7 +18,8 @@ place and one row of partial sums per block; the partial sums are added in torch
 result is deterministic, no atomics). The MLP's weights then take their inner step in torch ([S, H]
 tensors). Kernel 2 (`_read_out`) reads the new table and weights and applies p <- p - lr M.
 The arithmetic is the reference's up to the order of floating-point sums (tests/test_optimizers.py
-compares them on CUDA); the reference stays the CPU path.
+compares the two, compiled on CUDA and in Triton's interpreter on the CPU); the reference stays the
+CPU path.
 """
 import torch
 import triton
