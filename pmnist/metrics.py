@@ -97,6 +97,13 @@ def summarize(x):
 
 
 # ---- inputs from the train stage -------------------------------------------------------------------
+def load_study_runs(params, runs_dir="results/runs"):
+    """load_runs for every run of params (runs.<run>.seeds as config.py resolves them), at protocol.n_tasks:
+    the analysis stages' one way to read the study."""
+    return load_runs(runs_dir, {run: cfg["seeds"] for run, cfg in params["runs"].items()},
+                     params["protocol"]["n_tasks"])
+
+
 def load_runs(runs_dir, seeds_by_run, n_tasks):
     """Read runs_dir/<run>/seed_<k>.npz for the named runs only (stale run directories are ignored);
     seeds_by_run: run -> its seed values (params' runs.<run>.seeds); file k must hold seeds[k], so runs

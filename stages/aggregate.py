@@ -10,15 +10,14 @@ import pandas as pd
 from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.io import atomic_dir, write_json, write_text
-from pmnist.metrics import HEADLINE, aggregate, load_runs
+from pmnist.metrics import HEADLINE, aggregate, load_study_runs
 from pmnist.stats import to_jsonable
 
 
 def main():
     params = load_params()
     # Only the runs named in params: directories of removed runs are stale and ignored.
-    data = load_runs("results/runs", {run: cfg["seeds"] for run, cfg in params["runs"].items()},
-                     params["protocol"]["n_tasks"])
+    data = load_study_runs(params)
     summary, rows, curves, forgetting = aggregate(data)
     write_json("results/summary.json", to_jsonable(summary))
     write_text("results/summary.csv", pd.DataFrame(rows).to_csv(index=False))

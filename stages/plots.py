@@ -8,7 +8,7 @@ from pmnist.cli import run_stage
 from pmnist.config import load_params
 from pmnist.errors import DataError
 from pmnist.io import atomic_dir, require_file
-from pmnist.metrics import load_runs
+from pmnist.metrics import load_study_runs
 from pmnist.plots import make_figures
 
 STATS = "results/stats.json"
@@ -17,8 +17,7 @@ STATS = "results/stats.json"
 def main():
     params = load_params()
     runs = list(params["runs"])
-    data = load_runs("results/runs", {run: cfg["seeds"] for run, cfg in params["runs"].items()},
-                     params["protocol"]["n_tasks"])
+    data = load_study_runs(params)
     try:
         stats = json.loads(require_file(STATS, "the stats stage writes it").read_text())
     except json.JSONDecodeError as e:
