@@ -38,18 +38,23 @@ def _mlp(x, w1, b1, w2, b2):
 
 
 @triton.jit
+def _seed_memory(w1_ptr, b1_ptr, w2_ptr, b2_ptr, c_ptr, s, H: tl.constexpr, HP: tl.constexpr):
+    """Seed s's MLP weights (each [HP]; HP: H rounded up to a power of two, the padding zero, so it adds
+    nothing) and its scale c."""
+    hs = tl.arange(0, HP)
+    hmask = hs < H
+    return (tl.load(w1_ptr + s * H + hs, mask=hmask, other=0.0), tl.load(b1_ptr + s * H + hs, mask=hmask, other=0.0),
+            tl.load(w2_ptr + s * H + hs, mask=hmask, other=0.0), tl.load(b2_ptr + s), tl.load(c_ptr + s))
+
+
+@triton.jit
 def _inner_step(m_ptr, u_ptr, c_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, part_ptr, n, n_blocks, alpha, eta_m,
                 DELTA: tl.constexpr, H: tl.constexpr, HP: tl.constexpr, BLOCK: tl.constexpr):
     s, blk = tl.program_id(0), tl.program_id(1)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n
     hs = tl.arange(0, HP)
-    hmask = hs < H                                   # HP: H rounded up to a power of two; padding is zero
-    w1 = tl.load(w1_ptr + s * H + hs, mask=hmask, other=0.0)
-    b1 = tl.load(b1_ptr + s * H + hs, mask=hmask, other=0.0)
-    w2 = tl.load(w2_ptr + s * H + hs, mask=hmask, other=0.0)
-    b2 = tl.load(b2_ptr + s)
-    c = tl.load(c_ptr + s)
+    w1, b1, w2, b2, c = _seed_memory(w1_ptr, b1_ptr, w2_ptr, b2_ptr, c_ptr, s, H, HP)
     m = tl.load(m_ptr + s * n + offs, mask=inside, other=0.0)
     u = tl.load(u_ptr + s * n + offs, mask=inside, other=0.0)
     x = m / c
@@ -77,13 +82,7 @@ def _read_out(p_ptr, m_ptr, c_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, n, lr,
     s, blk = tl.program_id(0), tl.program_id(1)
     offs = blk * BLOCK + tl.arange(0, BLOCK)
     inside = offs < n
-    hs = tl.arange(0, HP)
-    hmask = hs < H
-    w1 = tl.load(w1_ptr + s * H + hs, mask=hmask, other=0.0)
-    b1 = tl.load(b1_ptr + s * H + hs, mask=hmask, other=0.0)
-    w2 = tl.load(w2_ptr + s * H + hs, mask=hmask, other=0.0)
-    b2 = tl.load(b2_ptr + s)
-    c = tl.load(c_ptr + s)
+    w1, b1, w2, b2, c = _seed_memory(w1_ptr, b1_ptr, w2_ptr, b2_ptr, c_ptr, s, H, HP)
     m = tl.load(m_ptr + s * n + offs, mask=inside, other=0.0)
     h, _, _, _ = _mlp(m / c, w1, b1, w2, b2)
     p = tl.load(p_ptr + s * n + offs, mask=inside)
