@@ -24,6 +24,12 @@ NS mixes coordinates, so a coordinate with a near-zero gradient (an MNIST pixel 
 gets an O(1/sqrt(cols)) entry divided by ~|g| ~ 0: on the reference MLP that form diverged at every
 lr tried (1e-3 ... 1e-6). Preconditioning first keeps the update's spectral norm ~lr, as in Muon.
 
+One count t (and k) per parameter group: its parameters step together, so the step's scalars (bias
+corrections, the boundary flag) are computed once per step, not once per parameter. On CUDA the
+elementwise part of each parameter's step (M1, V, chunk, M2, P1, P2; for vectors their update too)
+runs in one Triton kernel (m3_triton.py: M3 was launch-bound); `M3._moments` is the reference and
+the CPU path.
+
 CUDA-graph safe: t and k are device tensors advanced in place, and the every-f-steps branch is
 branchless (boundary = (t mod f == 0) selects, via torch.where, the new M2, the reset chunk sum and a
 freshly computed O2, else keeps the old ones), so a graph captured at any step replays every step
@@ -52,48 +58,86 @@ class M3(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            m1, m2, v1, f = group["m1"], group["m2"], group["v1"], group["frequency"]
             slow = group["alpha"] != 0                  # a hyperparameter, not a device value
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            scalars = self._advance(group, params[0], slow)
             matrices, directions = [], []              # NS inputs: per matrix P1 (and P2 if slow)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g, s = p.grad, self.state[p]
+            for p in params:
+                s = self.state[p]
                 if not s:
-                    s.update(t=step_counter(g), k=step_counter(g), M1=torch.zeros_like(g), V=torch.zeros_like(g),
-                             M2=torch.zeros_like(g), chunk=torch.zeros_like(g), O2=torch.zeros_like(g))
-                t, k = s["t"], s["k"]
-                t.add_(1)
-                s["M1"].lerp_(g, 1 - m1)
-                s["V"].mul_(v1).addcmul_(g, g, value=1 - v1)
-                denom = (s["V"] / (1 - v1 ** t)).sqrt_().add_(group["eps"])
-                p1 = s["M1"] / (1 - m1 ** t) / denom
-                boundary = p2 = None
-                if slow:
-                    # the slow branch, branchless: computed every step, kept only where a chunk completes
-                    s["chunk"].add_(g)
-                    boundary = torch.remainder(t, f) == 0                      # t = k f
-                    k.add_(boundary.to(k.dtype))
-                    s["M2"].copy_(torch.where(boundary, s["M2"].lerp(s["chunk"], 1 - m2), s["M2"]))
-                    s["chunk"].masked_fill_(boundary, 0)
-                    # k = 0 only before the first boundary, where M2 = 0: clamping keeps P2 = 0 (not 0/0)
-                    p2 = s["M2"] / ((1 - m2 ** k.clamp_min(1)) * f) / denom
-                if is_matrix(p):
-                    matrices.append((p, boundary))
-                    directions += [p1, p2] if slow else [p1]
-                    continue
-                if slow:
-                    s["O2"].copy_(torch.where(boundary, p2, s["O2"]))
-                    p1 = p1.add_(s["O2"], alpha=group["alpha"])
-                p.sub_(group["lr"] * p1)
+                    s.update({name: torch.zeros_like(p.grad) for name in ("M1", "V", "M2", "chunk", "O2")})
+                vector, fused = not is_matrix(p), _triton_moments(p)
+                if fused is not None:                  # CUDA: the same formulas in one kernel
+                    if "packed" not in scalars:
+                        scalars["packed"] = torch.stack([scalars[k].to(torch.float64) for k in
+                                                         ("bc1", "bcv", "boundary", "bc2f")]).float()
+                    out = fused.moments(p, s, scalars["packed"], group, slow, vector)
+                else:
+                    out = self._moments(p, s, scalars, group, slow, vector)
+                if not vector:
+                    matrices.append(p)
+                    directions += list(out) if slow else [out[0]]
             if not matrices:
                 continue
             orthogonal = orthogonalise_many(directions, group["ns_steps"], DTYPES[group["ns_dtype"]])
             per = 2 if slow else 1
-            for i, (p, boundary) in enumerate(matrices):
+            for i, p in enumerate(matrices):
                 o1 = orthogonal[per * i]
                 if slow:
                     O2 = self.state[p]["O2"]
-                    O2.copy_(torch.where(boundary, orthogonal[per * i + 1], O2))
+                    O2.copy_(torch.where(scalars["boundary"], orthogonal[per * i + 1], O2))
                     o1 = o1.add(O2, alpha=group["alpha"])
                 p.sub_(group["lr"] * shape_scale(p) * o1)
+
+    @staticmethod
+    def _advance(group, like, slow):
+        """Advance the group's step count t (and chunk count k) and return the step's scalars, 0-dim
+        device tensors: bc1 = 1 - m1^t, bcv = 1 - v1^t, boundary = (t mod f == 0), bc2f = (1 - m2^k) f.
+        One count per group (its parameters step together), so these are computed once per step,
+        not once per parameter."""
+        m1, m2, v1, f = group["m1"], group["m2"], group["v1"], group["frequency"]
+        if "counts" not in group:
+            group["counts"] = {"t": step_counter(like), "k": step_counter(like)}
+        t, k = group["counts"]["t"], group["counts"]["k"]
+        t.add_(1)
+        out = {"bc1": 1 - m1 ** t, "bcv": 1 - v1 ** t, "boundary": torch.zeros((), dtype=torch.bool, device=t.device),
+               "bc2f": torch.ones((), dtype=t.dtype, device=t.device)}
+        if slow:
+            out["boundary"] = torch.remainder(t, f) == 0                       # t = k f
+            k.add_(out["boundary"].to(k.dtype))
+            # k = 0 only before the first boundary, where M2 = 0: clamping keeps P2 = 0 (not 0/0)
+            out["bc2f"] = (1 - m2 ** k.clamp_min(1)) * f
+        return out
+
+    @staticmethod
+    def _moments(p, s, scalars, group, slow, vector):
+        """The reference (and CPU) elementwise step of one parameter: updates M1, V (and the chunk sum,
+        M2); matrices -> (P1, P2 or None) for Newton-Schulz, vectors -> None after p's own update."""
+        g, boundary = p.grad, scalars["boundary"]
+        s["M1"].lerp_(g, 1 - group["m1"])
+        s["V"].mul_(group["v1"]).addcmul_(g, g, value=1 - group["v1"])
+        denom = (s["V"] / scalars["bcv"]).sqrt_().add_(group["eps"])
+        p1, p2 = s["M1"] / scalars["bc1"] / denom, None
+        if slow:
+            # the slow branch, branchless: computed every step, kept only where a chunk completes
+            s["chunk"].add_(g)
+            s["M2"].copy_(torch.where(boundary, s["M2"].lerp(s["chunk"], 1 - group["m2"]), s["M2"]))
+            s["chunk"].masked_fill_(boundary, 0)
+            p2 = s["M2"] / scalars["bc2f"] / denom
+        if not vector:
+            return p1, p2
+        if slow:
+            s["O2"].copy_(torch.where(boundary, p2, s["O2"]))
+            p1 = p1.add_(s["O2"], alpha=group["alpha"])
+        p.sub_(group["lr"] * p1)
+        return None
+
+
+def _triton_moments(p):
+    """pmnist.optim.m3_triton where it handles p (CUDA, float32, contiguous), else None (the reference)."""
+    if not p.is_cuda:
+        return None
+    from pmnist.optim import m3_triton   # imports triton: only where CUDA is used
+    return m3_triton if m3_triton.supported(p) else None
