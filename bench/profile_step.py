@@ -6,8 +6,8 @@
 --no-flat builds the CMS scheduler without flat buffers (per-tensor parameters, gradients and
 optimizer: the layout before flat buffers), --arg overrides one of the run's optimizer_args (e.g.
 --arg ns_dtype=float32), --tf32 / --fp32 run the matmuls in TF32 / float32 (default: params.yaml's
-train.tf32, as the study), --no-triton steps deep momentum
-and M3 through their torch reference instead of their Triton kernels, so variants can be timed back to back
+train.tf32, as the study), --no-triton steps deep momentum,
+M3 and Muon through their torch reference instead of their Triton kernels, so variants can be timed back to back
 on one machine. The last line is
 machine-readable:  RESULT run=... device=... graphs=... flat=... args=... us_per_step=...
 """
@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import pmnist.optim.deep_momentum as deep_momentum  # noqa: E402
 import pmnist.optim.m3 as m3  # noqa: E402
+import pmnist.optim.muon as muon  # noqa: E402
 import pmnist.train as train  # noqa: E402
 from pmnist.config import load_params  # noqa: E402
 from pmnist.data import make_permutations  # noqa: E402
@@ -48,7 +49,7 @@ def main():
     precision = ap.add_mutually_exclusive_group()
     precision.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA (default: params' train.tf32)")
     precision.add_argument("--fp32", action="store_true", help="float32 matmuls on CUDA")
-    ap.add_argument("--no-triton", action="store_true", help="deep momentum, M3: the torch reference, not the Triton kernels")
+    ap.add_argument("--no-triton", action="store_true", help="deep momentum, M3, Muon: the torch reference, not the Triton kernels")
     ap.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="override an optimizer arg")
     ap.add_argument("--no-profile", action="store_true", help="only time the steps")
     args = ap.parse_args()
@@ -61,6 +62,7 @@ def main():
     if args.no_triton:
         deep_momentum._triton_step = lambda p, mlp: None
         m3._triton_moments = lambda p: None
+        muon._triton = lambda p: None
     if args.no_flat:
         train.CMSScheduler = functools.partial(CMSScheduler, flatten=False)
     train_x, train_y, _, _ = (t.to(device) for t in mnist(params))

@@ -229,11 +229,49 @@ def test_m3_triton_kernel_equals_the_reference(device):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
-def test_m3_uses_its_kernel_only_on_cuda():
+MUON_KERNEL_CHECK = """
+import sys, torch
+import pmnist.optim.muon as muon
+from pmnist.optim import m3_triton
+device = sys.argv[1]
+for nesterov in (True, False):
+    torch.manual_seed(0)
+    ps = [torch.randn(2, 8, 12, device=device) * 0.1, torch.randn(2, 1037, device=device) * 0.1]
+    grads = [[torch.randn_like(p) for p in ps] for _ in range(5)]
+    result = []
+    for choice in (lambda p: None, lambda p: m3_triton):
+        muon._triton = choice
+        q = [p.clone().requires_grad_() for p in ps]
+        opt = muon.Muon(q, lr=0.01, nesterov=nesterov, ns_dtype="float32")
+        for gs in grads:
+            for x, g in zip(q, gs):
+                x.grad = g.clone()
+            opt.step()
+        result.append([x.detach() for x in q] + [v for x in q for v in opt.state[x].values()])
+    for i, (a, b) in enumerate(zip(*result)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"nesterov {nesterov}, tensor {i}")
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_muon_triton_kernels_equal_the_reference(device):
+    """Muon's kernels (Adam for vectors, momentum for matrices) against its torch reference; on the CPU
+    in Triton's interpreter (a fresh process), on CUDA compiled."""
+    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
+    out = subprocess.run([sys.executable, "-c", MUON_KERNEL_CHECK, device], cwd=ROOT, capture_output=True,
+                         text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_m3_and_muon_use_their_kernels_only_on_cuda():
     import pmnist.optim.m3 as m3
     p = torch.zeros(2, 3, 4, requires_grad=True)
     p.grad = torch.zeros_like(p)
     assert m3._triton_moments(p) is None
+    import pmnist.optim.muon as muon
+    assert muon._triton(p) is None
 
 
 # ---- deep momentum -----------------------------------------------------------------------------

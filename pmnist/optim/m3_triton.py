@@ -1,4 +1,6 @@
-"""M3's elementwise work of one parameter per step in one Triton kernel (CUDA only).
+"""M3's elementwise work of one parameter per step in one Triton kernel (CUDA only); the same kernel
+does Adam's step of Muon's vectors (M3 without its slow branch is Adam's arithmetic), and a second
+one Muon's momentum.
 
 The reference (the torch code in m3.py's `M3._moments`) updates M1, V, the chunk sum and M2 and forms
 the preconditioned directions P1 (and P2) with about fifteen elementwise kernels per parameter, each a
@@ -73,3 +75,30 @@ def moments(p, state, scalars, group, slow, vector):
         group["m1"], group["v1"], group["m2"], group["eps"], group["lr"], group["alpha"],
         SLOW=slow, VECTOR=vector, BLOCK=BLOCK)
     return None if vector else (p1, p2)
+
+
+def adam_update(p, exp_avg, exp_avg_sq, scalars, betas, eps, lr):
+    """Adam's step of p in place (Muon's vectors): the kernel above without the slow branch.
+    scalars: float32 [2] device tensor (1 - b1^t, 1 - b2^t)."""
+    g, n = p.grad, p.numel()
+    _moments[(triton.cdiv(n, BLOCK),)](
+        g, exp_avg, exp_avg_sq, g, g, g, p, g, g, scalars, n, betas[0], betas[1], 0.0, eps, lr, 0.0,
+        SLOW=False, VECTOR=True, BLOCK=BLOCK)
+
+
+@triton.jit
+def _momentum(g_ptr, buf_ptr, out_ptr, n, mu, NESTEROV: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    inside = offs < n
+    g = tl.load(g_ptr + offs, mask=inside)
+    buf = tl.load(buf_ptr + offs, mask=inside) * mu + g
+    tl.store(buf_ptr + offs, buf, mask=inside)
+    if NESTEROV:
+        tl.store(out_ptr + offs, g + mu * buf, mask=inside)
+
+
+def momentum_direction(g, buf, mu, nesterov):
+    """Muon's momentum: buf <- mu buf + g in place; returns g + mu buf (Nesterov) or buf itself."""
+    out = torch.empty_like(g) if nesterov else buf
+    _momentum[(triton.cdiv(g.numel(), BLOCK),)](g, buf, out, g.numel(), mu, NESTEROV=nesterov, BLOCK=BLOCK)
+    return out

@@ -14,6 +14,11 @@ the same lr:
 
     m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2,  p <- p - lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
 
+Adam's step count t is one per parameter group (its parameters step together: the bias corrections are
+computed once per step). On CUDA the elementwise work runs in Triton kernels (m3_triton.py: Adam's step
+of each vector in one kernel, the momentum and Nesterov direction of each matrix in another; Muon's
+step was launch-bound); the torch code here is the reference and the CPU path.
+
 CUDA-graph safe: all state (buffers, Adam's step count t) lives in device tensors created on the first
 step and updated in place; step() never branches in Python on a step count or a value and never syncs.
 """
@@ -31,16 +36,23 @@ def step_counter(like):
     return torch.zeros((), dtype=torch.float64, device=like.device)
 
 
-def adam_direction(state, g, betas, eps):
-    """Adam's bias-corrected step direction for g; keeps m, v, t in `state` (all device tensors)."""
+def adam_direction(state, g, bc1, bc2, betas, eps):
+    """Adam's bias-corrected step direction for g (bc1 = 1 - b1^t, bc2 = 1 - b2^t: 0-dim device
+    tensors of the group's step count); keeps m and v in `state`. The reference and the CPU path."""
     b1, b2 = betas
-    if "exp_avg" not in state:
-        state["t"], state["exp_avg"], state["exp_avg_sq"] = step_counter(g), torch.zeros_like(g), torch.zeros_like(g)
-    t, m, v = state["t"], state["exp_avg"], state["exp_avg_sq"]
-    t.add_(1)
+    m, v = state["exp_avg"], state["exp_avg_sq"]
     m.lerp_(g, 1 - b1)
     v.mul_(b2).addcmul_(g, g, value=1 - b2)
-    return (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    return (m / bc1) / ((v / bc2).sqrt() + eps)
+
+
+def _triton(p):
+    """pmnist.optim.m3_triton (whose kernel also does Adam's step and Muon's momentum) where it handles
+    p (CUDA, float32, contiguous), else None: the torch code is the reference and the CPU path."""
+    if not p.is_cuda:
+        return None
+    from pmnist.optim import m3_triton   # imports triton: only where CUDA is used
+    return m3_triton if m3_triton.supported(p) else None
 
 
 def shape_scale(p):
@@ -59,21 +71,36 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            lr, mu = group["lr"], group["momentum"]
+            lr, mu, (b1, b2) = group["lr"], group["momentum"], group["adam_betas"]
+            params = [p for p in group["params"] if p.grad is not None]
+            vectors = [p for p in params if not is_matrix(p)]
+            if vectors:   # Adam's bias corrections, once per step: one count t per group
+                if "t" not in group:
+                    group["t"] = step_counter(vectors[0])
+                t = group["t"].add_(1)
+                bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+                packed = None
             matrices, directions = [], []
-            for p in group["params"]:
-                if p.grad is None:
+            for p in params:
+                g, state, fused, vector = p.grad, self.state[p], _triton(p), not is_matrix(p)
+                if not state:
+                    state.update({"exp_avg": torch.zeros_like(g), "exp_avg_sq": torch.zeros_like(g)} if vector
+                                 else {"momentum_buffer": torch.zeros_like(g)})
+                if vector:
+                    if fused is None:
+                        p.sub_(lr * adam_direction(state, g, bc1, bc2, (b1, b2), group["eps"]))
+                        continue
+                    if packed is None:
+                        packed = torch.stack([bc1, bc2]).float()
+                    fused.adam_update(p, state["exp_avg"], state["exp_avg_sq"], packed, (b1, b2), group["eps"], lr)
                     continue
-                g, state = p.grad, self.state[p]
-                if not is_matrix(p):
-                    p.sub_(lr * adam_direction(state, g, group["adam_betas"], group["eps"]))
-                    continue
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(g)
                 buf = state["momentum_buffer"]
-                buf.mul_(mu).add_(g)
+                if fused is not None:
+                    directions.append(fused.momentum_direction(g, buf, mu, group["nesterov"]))
+                else:
+                    buf.mul_(mu).add_(g)
+                    directions.append(g.add(buf, alpha=mu) if group["nesterov"] else buf)
                 matrices.append(p)
-                directions.append(g.add(buf, alpha=mu) if group["nesterov"] else buf)
             orthogonal = orthogonalise_many(directions, group["ns_steps"], DTYPES[group["ns_dtype"]])
             for p, o in zip(matrices, orthogonal):
                 p.sub_(o, alpha=lr * shape_scale(p))
