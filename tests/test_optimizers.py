@@ -191,89 +191,6 @@ def test_m3_slow_branch_updates_only_at_chunk_boundaries():
     assert changed == [3, 6]
 
 
-# M3's one-kernel elementwise step (CUDA's path) against the torch reference (the CPU path): both
-# branches (alpha 0.5 and 0), chunk boundaries (frequency 3 over 7 steps), a matrix and a vector, sizes
-# not a multiple of the kernel's block. `device` cpu runs the kernel in Triton's interpreter.
-M3_KERNEL_CHECK = """
-import sys, torch
-import pmnist.optim.m3 as m3
-from pmnist.optim import m3_triton
-device = sys.argv[1]
-for alpha in (0.5, 0.0):
-    torch.manual_seed(0)
-    ps = [torch.randn(2, 8, 12, device=device) * 0.1, torch.randn(2, 37, device=device) * 0.1]
-    grads = [[torch.randn_like(p) for p in ps] for _ in range(7)]
-    result = []
-    for choice in (lambda p: None, lambda p: m3_triton):
-        m3._triton_moments = choice
-        q = [p.clone().requires_grad_() for p in ps]
-        opt = m3.M3(q, lr=0.01, alpha=alpha, frequency=3, ns_dtype="float32")
-        for gs in grads:
-            for x, g in zip(q, gs):
-                x.grad = g.clone()
-            opt.step()
-        result.append([x.detach() for x in q] + [opt.state[x][k] for x in q for k in ("M1", "V", "M2", "chunk", "O2")])
-    for i, (a, b) in enumerate(zip(*result)):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"alpha {alpha}, tensor {i}")
-print("ok")
-"""
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
-def test_m3_triton_kernel_equals_the_reference(device):
-    """On the CPU the kernel runs in Triton's interpreter (a fresh process); on CUDA compiled."""
-    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
-    out = subprocess.run([sys.executable, "-c", M3_KERNEL_CHECK, device], cwd=ROOT, capture_output=True,
-                         text=True, env=env)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
-
-
-MUON_KERNEL_CHECK = """
-import sys, torch
-import pmnist.optim.muon as muon
-from pmnist.optim import m3_triton
-device = sys.argv[1]
-for nesterov in (True, False):
-    torch.manual_seed(0)
-    ps = [torch.randn(2, 8, 12, device=device) * 0.1, torch.randn(2, 1037, device=device) * 0.1]
-    grads = [[torch.randn_like(p) for p in ps] for _ in range(5)]
-    result = []
-    for choice in (lambda p: None, lambda p: m3_triton):
-        muon._triton = choice
-        q = [p.clone().requires_grad_() for p in ps]
-        opt = muon.Muon(q, lr=0.01, nesterov=nesterov, ns_dtype="float32")
-        for gs in grads:
-            for x, g in zip(q, gs):
-                x.grad = g.clone()
-            opt.step()
-        result.append([x.detach() for x in q] + [v for x in q for v in opt.state[x].values()])
-    for i, (a, b) in enumerate(zip(*result)):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"nesterov {nesterov}, tensor {i}")
-print("ok")
-"""
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
-def test_muon_triton_kernels_equal_the_reference(device):
-    """Muon's kernels (Adam for vectors, momentum for matrices) against its torch reference; on the CPU
-    in Triton's interpreter (a fresh process), on CUDA compiled."""
-    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
-    out = subprocess.run([sys.executable, "-c", MUON_KERNEL_CHECK, device], cwd=ROOT, capture_output=True,
-                         text=True, env=env)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
-
-
-def test_m3_and_muon_use_their_kernels_only_on_cuda():
-    import pmnist.optim.m3 as m3
-    p = torch.zeros(2, 3, 4, requires_grad=True)
-    p.grad = torch.zeros_like(p)
-    assert m3._triton_moments(p) is None
-    import pmnist.optim.muon as muon
-    assert muon._triton(p) is None
-
-
 # ---- deep momentum -----------------------------------------------------------------------------
 
 def _params_and_grads(steps, seed=0):
@@ -352,57 +269,74 @@ def test_deep_momentum_state_is_per_seed():
     assert st["m"].shape == (4, 30) and all(w.shape[0] == 4 for w in st["mlp"])
 
 
-# The Triton kernels of deep momentum's two-layer memory (CUDA's path) against the autograd reference
-# (the CPU path): several steps of both objectives, hidden sizes a power of two and not, a tensor whose
-# size is not a multiple of the kernels' block. `device` cpu runs the kernels in Triton's interpreter.
-DEEP_MOMENTUM_KERNEL_CHECK = """
+# ---- the Triton kernels (CUDA's path) against the torch reference (the CPU path) ---------------
+
+# Per optimizer: the module, its switch, the kernels, two settings, a builder, parameter shapes (a
+# matrix and a vector, sizes not a multiple of a block) and steps (M3: frequency 3 crosses boundaries).
+KERNEL_CHECK = """
 import sys, torch
-import pmnist.optim.deep_momentum as dm
-from pmnist.optim import deep_momentum_triton
-device = sys.argv[1]
-reference = lambda p, mlp: None
-kernels = lambda p, mlp: deep_momentum_triton if len(mlp) == 4 else None   # forced, on any device
-for objective, hidden in (("delta", 16), ("dot", 12)):
+import pmnist.optim.deep_momentum as dm, pmnist.optim.m3 as m3, pmnist.optim.muon as muon
+from pmnist.optim import deep_momentum_triton, m3_triton
+device, name = sys.argv[1:3]
+CASES = {
+    "deep_momentum": (dm, "_triton_step", lambda p, mlp: deep_momentum_triton if len(mlp) == 4 else None,
+                      [dict(objective="delta", hidden_dim=16), dict(objective="dot", hidden_dim=12)],
+                      lambda q, kw: dm.DeepMomentum(q, lr=0.1, **kw), [(3, 37, 29)], 6),
+    "m3": (m3, "_triton_moments", lambda p: m3_triton, [dict(alpha=0.5), dict(alpha=0.0)],
+           lambda q, kw: m3.M3(q, lr=0.01, frequency=3, ns_dtype="float32", **kw), [(2, 8, 12), (2, 37)], 7),
+    "muon": (muon, "_triton", lambda p: m3_triton, [dict(nesterov=True), dict(nesterov=False)],
+             lambda q, kw: muon.Muon(q, lr=0.01, ns_dtype="float32", **kw), [(2, 8, 12), (2, 1037)], 5),
+}
+module, switch, kernels, settings, build, shapes, steps = CASES[name]
+flat = lambda v: [x for w in v for x in flat(w)] if isinstance(v, (list, tuple)) else [v]
+for kw in settings:
     torch.manual_seed(0)
-    p0 = torch.randn(3, 37, 29, device=device) * 0.1
-    grads = [torch.randn_like(p0) for _ in range(6)]
+    ps = [torch.randn(*shape, device=device) * 0.1 for shape in shapes]
+    grads = [[torch.randn_like(p) for p in ps] for _ in range(steps)]
     result = []
-    for choice in (reference, kernels):
-        dm._triton_step = choice
-        p = p0.clone().requires_grad_()
-        opt = dm.DeepMomentum([p], lr=0.1, objective=objective, hidden_dim=hidden)
-        for g in grads:
-            p.grad = g.clone()
+    for choice in (lambda *a: None, kernels):          # the reference, then the kernels (forced)
+        setattr(module, switch, choice)
+        q = [p.clone().requires_grad_() for p in ps]
+        opt = build(q, kw)
+        for gs in grads:
+            for x, g in zip(q, gs):
+                x.grad = g.clone()
             opt.step()
-        st = opt.state[p]
-        result.append([p.detach(), st["m"], *st["mlp"]])
-    moved = max(w.abs().max().item() for w in result[0][4:])     # the MLP's output layer left zero
-    assert moved > 1e-4, f"{objective}: the memory MLP did not move ({moved})"
-    for name, a, b in zip(["p", "m", "W1", "b1", "W2", "b2"], *result):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"{objective} {name}")
+        result.append([x.detach() for x in q] + flat([list(opt.state[x].values()) for x in q]))
+    for i, (a, b) in enumerate(zip(*result)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=f"{name} {kw}: tensor {i}")
+    if name == "deep_momentum":   # its MLP's output layer starts at zero: it must have moved
+        moved = max(w.abs().max().item() for w in result[0][-2:])
+        assert moved > 1e-4, f"{kw}: the memory MLP did not move ({moved})"
 print("ok")
 """
 
 
+@pytest.mark.parametrize("name", ["deep_momentum", "m3", "muon"])
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA"))])
-def test_deep_momentum_triton_kernels_equal_the_reference(device):
+def test_triton_kernels_equal_the_torch_reference(name, device):
     """On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, read when they are
     defined: a fresh process); on CUDA compiled, as training runs them."""
     env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
-    out = subprocess.run([sys.executable, "-c", DEEP_MOMENTUM_KERNEL_CHECK, device], cwd=ROOT,
-                         capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-c", KERNEL_CHECK, device, name], cwd=ROOT, capture_output=True,
+                         text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
-def test_deep_momentum_uses_its_kernels_only_on_cuda():
-    """The CPU path (and every depth but two layers) is the autograd reference."""
+def test_kernels_are_used_only_on_cuda():
+    """The CPU path (and deep momentum at any depth but two layers) is the torch reference."""
     import pmnist.optim.deep_momentum as dm
-    p = torch.zeros(2, 3, 4)
-    assert dm._triton_step(p, [p] * 4) is None and dm._triton_step(p, []) is None
+    import pmnist.optim.m3 as m3
+    import pmnist.optim.muon as muon
+    p = torch.zeros(2, 3, 4, requires_grad=True)
+    p.grad = torch.zeros_like(p)
+    assert dm._triton_step(p, [p] * 4) is None and m3._triton_moments(p) is None and muon._triton(p) is None
     if torch.cuda.is_available():
-        q = p.cuda()
+        q = p.detach().cuda().requires_grad_()
+        q.grad = torch.zeros_like(q)
         assert dm._triton_step(q, [q] * 4) is not None and dm._triton_step(q, [q] * 2) is None
+        assert m3._triton_moments(q) is not None and muon._triton(q) is not None
 
 
 # ---- every optimizer: seeds independent, graph-safe ------------------------------------------
