@@ -61,8 +61,7 @@ def main():
     run["optimizer_args"] = {**run["optimizer_args"], **overrides}
     if args.no_triton:
         deep_momentum._triton_step = lambda p, mlp: None
-        m3._triton_moments = lambda p: None
-        muon._triton = lambda p: None
+        m3.elementwise_kernels = muon.elementwise_kernels = lambda p: None
     if args.no_flat:
         train.CMSScheduler = functools.partial(CMSScheduler, flatten=False)
     train_x, train_y, _, _ = (t.to(device) for t in mnist(params))

@@ -282,9 +282,9 @@ CASES = {
     "deep_momentum": (dm, "_triton_step", lambda p, mlp: deep_momentum_triton if len(mlp) == 4 else None,
                       [dict(objective="delta", hidden_dim=16), dict(objective="dot", hidden_dim=12)],
                       lambda q, kw: dm.DeepMomentum(q, lr=0.1, **kw), [(3, 37, 29)], 6),
-    "m3": (m3, "_triton_moments", lambda p: m3_triton, [dict(alpha=0.5), dict(alpha=0.0)],
+    "m3": (m3, "elementwise_kernels", lambda p: m3_triton, [dict(alpha=0.5), dict(alpha=0.0)],
            lambda q, kw: m3.M3(q, lr=0.01, frequency=3, ns_dtype="float32", **kw), [(2, 8, 12), (2, 37)], 7),
-    "muon": (muon, "_triton", lambda p: m3_triton, [dict(nesterov=True), dict(nesterov=False)],
+    "muon": (muon, "elementwise_kernels", lambda p: m3_triton, [dict(nesterov=True), dict(nesterov=False)],
              lambda q, kw: muon.Muon(q, lr=0.01, ns_dtype="float32", **kw), [(2, 8, 12), (2, 1037)], 5),
 }
 module, switch, kernels, settings, build, shapes, steps = CASES[name]
@@ -331,12 +331,13 @@ def test_kernels_are_used_only_on_cuda():
     import pmnist.optim.muon as muon
     p = torch.zeros(2, 3, 4, requires_grad=True)
     p.grad = torch.zeros_like(p)
-    assert dm._triton_step(p, [p] * 4) is None and m3._triton_moments(p) is None and muon._triton(p) is None
+    assert m3.elementwise_kernels is muon.elementwise_kernels   # one choice for both optimizers
+    assert dm._triton_step(p, [p] * 4) is None and muon.elementwise_kernels(p) is None
     if torch.cuda.is_available():
         q = p.detach().cuda().requires_grad_()
         q.grad = torch.zeros_like(q)
         assert dm._triton_step(q, [q] * 4) is not None and dm._triton_step(q, [q] * 2) is None
-        assert m3._triton_moments(q) is not None and muon._triton(q) is not None
+        assert muon.elementwise_kernels(q) is not None
 
 
 # ---- every optimizer: seeds independent, graph-safe ------------------------------------------

@@ -129,7 +129,7 @@ def _triton_step(p, mlp):
     if not (p.is_cuda and len(mlp) == 4):
         return None
     from pmnist.optim import deep_momentum_triton   # imports triton: only where CUDA is used
-    return deep_momentum_triton if deep_momentum_triton.supported(p, mlp) else None
+    return deep_momentum_triton if deep_momentum_triton.supported(p) else None
 
 
 class DeepMomentum(torch.optim.Optimizer):

@@ -89,9 +89,9 @@ def _read_out(p_ptr, m_ptr, c_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, n, lr,
     tl.store(p_ptr + s * n + offs, p - lr * (m + c * h), mask=inside)
 
 
-def supported(p, mlp):
-    """Whether `step` handles this tensor: a contiguous float32 CUDA parameter, a two-layer memory MLP."""
-    return p.is_cuda and p.dtype == torch.float32 and p.is_contiguous() and len(mlp) == 4
+def supported(p):
+    """Whether `step` handles a CUDA parameter with a two-layer memory: contiguous float32."""
+    return p.dtype == torch.float32 and p.is_contiguous()
 
 
 def step(p, u, m, mlp, c, lr, alpha, eta_m, memory_lr, delta):

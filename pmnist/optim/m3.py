@@ -41,7 +41,7 @@ f-cycle (the scheduler replays one graph per group) and saves at most (f-1)/(2f)
 """
 import torch
 
-from pmnist.optim.muon import shape_scale, step_counter
+from pmnist.optim.muon import elementwise_kernels, shape_scale, step_counter
 from pmnist.optim.newton_schulz import DTYPES, is_matrix, orthogonalise_many
 
 
@@ -68,11 +68,11 @@ class M3(torch.optim.Optimizer):
                 s = self.state[p]
                 if not s:
                     s.update({name: torch.zeros_like(p.grad) for name in ("M1", "V", "M2", "chunk", "O2")})
-                vector, fused = not is_matrix(p), _triton_moments(p)
+                vector, fused = not is_matrix(p), elementwise_kernels(p)
                 if fused is not None:                  # CUDA: the same formulas in one kernel
-                    if "packed" not in scalars:
+                    if "packed" not in scalars:        # the kernel reads them from one float32 tensor
                         scalars["packed"] = torch.stack([scalars[k].to(torch.float64) for k in
-                                                         ("bc1", "bcv", "boundary", "bc2f")]).float()
+                                                         ("bc1", "bcv", "boundary", "bc2f") if k in scalars]).float()
                     out = fused.moments(p, s, scalars["packed"], group, slow, vector)
                 else:
                     out = self._moments(p, s, scalars, group, slow, vector)
@@ -94,16 +94,15 @@ class M3(torch.optim.Optimizer):
     @staticmethod
     def _advance(group, like, slow):
         """Advance the group's step count t (and chunk count k) and return the step's scalars, 0-dim
-        device tensors: bc1 = 1 - m1^t, bcv = 1 - v1^t, boundary = (t mod f == 0), bc2f = (1 - m2^k) f.
-        One count per group (its parameters step together), so these are computed once per step,
-        not once per parameter."""
+        device tensors: bc1 = 1 - m1^t, bcv = 1 - v1^t and, with the slow branch, boundary = (t mod f == 0)
+        and bc2f = (1 - m2^k) f. One count per group (its parameters step together), so these are computed
+        once per step, not once per parameter."""
         m1, m2, v1, f = group["m1"], group["m2"], group["v1"], group["frequency"]
         if "counts" not in group:
             group["counts"] = {"t": step_counter(like), "k": step_counter(like)}
         t, k = group["counts"]["t"], group["counts"]["k"]
         t.add_(1)
-        out = {"bc1": 1 - m1 ** t, "bcv": 1 - v1 ** t, "boundary": torch.zeros((), dtype=torch.bool, device=t.device),
-               "bc2f": torch.ones((), dtype=t.dtype, device=t.device)}
+        out = {"bc1": 1 - m1 ** t, "bcv": 1 - v1 ** t}
         if slow:
             out["boundary"] = torch.remainder(t, f) == 0                       # t = k f
             k.add_(out["boundary"].to(k.dtype))
@@ -115,13 +114,14 @@ class M3(torch.optim.Optimizer):
     def _moments(p, s, scalars, group, slow, vector):
         """The reference (and CPU) elementwise step of one parameter: updates M1, V (and the chunk sum,
         M2); matrices -> (P1, P2 or None) for Newton-Schulz, vectors -> None after p's own update."""
-        g, boundary = p.grad, scalars["boundary"]
+        g = p.grad
         s["M1"].lerp_(g, 1 - group["m1"])
         s["V"].mul_(group["v1"]).addcmul_(g, g, value=1 - group["v1"])
         denom = (s["V"] / scalars["bcv"]).sqrt_().add_(group["eps"])
         p1, p2 = s["M1"] / scalars["bc1"] / denom, None
         if slow:
             # the slow branch, branchless: computed every step, kept only where a chunk completes
+            boundary = scalars["boundary"]
             s["chunk"].add_(g)
             s["M2"].copy_(torch.where(boundary, s["M2"].lerp(s["chunk"], 1 - group["m2"]), s["M2"]))
             s["chunk"].masked_fill_(boundary, 0)
@@ -134,10 +134,3 @@ class M3(torch.optim.Optimizer):
         p.sub_(group["lr"] * p1)
         return None
 
-
-def _triton_moments(p):
-    """pmnist.optim.m3_triton where it handles p (CUDA, float32, contiguous), else None (the reference)."""
-    if not p.is_cuda:
-        return None
-    from pmnist.optim import m3_triton   # imports triton: only where CUDA is used
-    return m3_triton if m3_triton.supported(p) else None

@@ -55,13 +55,13 @@ def _moments(g_ptr, m1_ptr, v_ptr, chunk_ptr, m2_ptr, o2_ptr, p_ptr, p1_ptr, p2_
 
 
 def supported(p):
-    """Whether `moments` handles this parameter: contiguous float32 on CUDA."""
-    return p.is_cuda and p.dtype == torch.float32 and p.is_contiguous() and p.grad.is_contiguous()
+    """Whether these kernels handle a CUDA parameter: contiguous float32, gradient too."""
+    return p.dtype == torch.float32 and p.is_contiguous() and p.grad.is_contiguous()
 
 
 def moments(p, state, scalars, group, slow, vector):
-    """M3's elementwise step of p (see m3.py) in one kernel. scalars: float32 [4] device tensor
-    (1 - m1^t, 1 - v1^t, boundary, (1 - m2^k) f). Matrices: returns (P1, P2 or None) for Newton-Schulz;
+    """M3's elementwise step of p (see m3.py) in one kernel. scalars: float32 device tensor
+    (1 - m1^t, 1 - v1^t, and with the slow branch boundary, (1 - m2^k) f). Matrices: returns (P1, P2 or None) for Newton-Schulz;
     vectors: updates p in place and returns None."""
     g, n = p.grad, p.numel()
     p1 = p2 = None

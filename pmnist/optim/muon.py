@@ -46,9 +46,10 @@ def adam_direction(state, g, bc1, bc2, betas, eps):
     return (m / bc1) / ((v / bc2).sqrt() + eps)
 
 
-def _triton(p):
-    """pmnist.optim.m3_triton (whose kernel also does Adam's step and Muon's momentum) where it handles
-    p (CUDA, float32, contiguous), else None: the torch code is the reference and the CPU path."""
+def elementwise_kernels(p):
+    """pmnist.optim.m3_triton (M3's elementwise step, Adam's step of Muon's vectors, Muon's momentum)
+    where it handles p (CUDA, float32, contiguous), else None: the torch code of M3 and Muon is the
+    reference and the CPU path."""
     if not p.is_cuda:
         return None
     from pmnist.optim import m3_triton   # imports triton: only where CUDA is used
@@ -82,7 +83,7 @@ class Muon(torch.optim.Optimizer):
                 packed = None
             matrices, directions = [], []
             for p in params:
-                g, state, fused, vector = p.grad, self.state[p], _triton(p), not is_matrix(p)
+                g, state, fused, vector = p.grad, self.state[p], elementwise_kernels(p), not is_matrix(p)
                 if not state:
                     state.update({"exp_avg": torch.zeros_like(g), "exp_avg_sq": torch.zeros_like(g)} if vector
                                  else {"momentum_buffer": torch.zeros_like(g)})
