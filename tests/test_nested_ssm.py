@@ -32,12 +32,12 @@ def scheduler_for(model, periods, lr=1e-3):
 def test_scan_equals_reference_loop(length):
     torch.manual_seed(0)
     log_a = -F.softplus(torch.randn(2, 4)) * torch.tensor([1.0, 0.1, 0.01, 0.001])  # short to long memory
-    b = (1 - log_a.exp())[:, None, None] * torch.randn(2, 3, length, 4)  # the (1 - a) gain the model uses
-    h, ref = torch.zeros(2, 3, 4, dtype=torch.float64), []
+    b, gain = torch.randn(2, 4, 3, length), 1 - log_a.exp()   # [S, N, R, L]; the (1 - a) gain the model uses
+    h, ref = torch.zeros(2, 4, 3, dtype=torch.float64), []
     for t in range(length):  # reference in float64, so the comparison measures the scan's float32 error
-        h = log_a.double().exp()[:, None] * h + b[:, :, t].double()
+        h = log_a.double().exp()[:, :, None] * h + gain.double()[:, :, None] * b[..., t].double()
         ref.append(h)
-    torch.testing.assert_close(diag_scan(b, log_a), torch.stack(ref, 2).float(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(diag_scan(b, log_a, gain), torch.stack(ref, -1).float(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("length", [28, 784])
@@ -137,3 +137,23 @@ def test_learns_unpermuted_mnist(mnist):
     acc = out["accuracy"][0, 0, 0]
     print(f"nested_ssm unpermuted MNIST accuracy {acc:.4f}")
     assert acc >= 0.90
+
+
+def test_fused_readout_equals_amax_of_core_sequence():
+    """forward's max-over-time readout (a custom backward) against amax over core_sequence's outputs
+    through plain autograd: same loss, same gradients for every parameter (the readout's own, D, too)."""
+    torch.manual_seed(0)
+    model = NestedSSM([0, 1], **SMALL)
+    x = torch.rand(2, 5, 784)
+
+    def loss_and_grads(readout):
+        z = readout(x)
+        memory = sum(model.level_weights()[:, k, None, None] * l2(torch.relu(l1(z))) for k, (l1, l2) in enumerate(model.mem))
+        loss = model.head(z + memory).square().sum()
+        return loss, torch.autograd.grad(loss, list(model.parameters()))
+
+    fused = loss_and_grads(model.readout)
+    reference = loss_and_grads(lambda x: model.core_sequence(x).amax(dim=2))
+    assert torch.equal(fused[0], reference[0])
+    for got, want in zip(fused[1], reference[1]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)

@@ -123,13 +123,20 @@ def test_bfloat16_newton_schulz_is_close_to_float64(shape):
     assert rel(newton_schulz(G.float(), 5, torch.bfloat16)) < 0.04
 
 
-@pytest.mark.parametrize("max_batch", [20, 2])  # 2: the 2 + 2 + 3 slices of one shape go in 4 calls
-def test_orthogonalise_many_batches_equal_shapes_without_changing_results(max_batch, monkeypatch):
+@pytest.mark.parametrize("max_batch, calls", [(20, [7, 2]), (4, [4, 3, 2]), (2, [2, 2, 2, 1, 2])])
+def test_orthogonalise_many_batches_equal_shapes_without_changing_results(max_batch, calls, monkeypatch):
+    """Whole tensors of one shape share a call up to max_batch slices (4: 2 + 2, then 3), a larger one
+    is split (2: 3 = 2 + 1); every result equals its tensor's own call."""
     monkeypatch.setattr("pmnist.optim.newton_schulz.MAX_BATCH", max_batch)
+    sizes, real = [], newton_schulz
+    monkeypatch.setattr("pmnist.optim.newton_schulz.newton_schulz", lambda G, *a: sizes.append(len(G)) or real(G, *a))
     torch.manual_seed(0)
-    ts = [torch.randn(2, 8, 12), torch.randn(2, 8, 12) * 100, torch.randn(2, 12, 8), torch.randn(3, 8, 12)]
+    ts = [torch.randn(2, 8, 12), torch.randn(2, 8, 12) * 100, torch.randn(3, 8, 12), torch.randn(2, 12, 8)]
     for dtype in (torch.float32, torch.bfloat16):
-        for t, o in zip(ts, orthogonalise_many(ts, 5, dtype)):
+        sizes.clear()
+        results = orthogonalise_many(ts, 5, dtype)
+        assert sizes == calls
+        for t, o in zip(ts, results):
             torch.testing.assert_close(o, orthogonalise(t, 5, dtype), atol=1e-6, rtol=1e-5)
 
 

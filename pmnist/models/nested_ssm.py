@@ -15,7 +15,7 @@ N = state_dim, M = memory_hidden:
 
 The recurrence is diagonal, linear and time-invariant, so it is stable by construction (0 < a < 1;
 the (1 - a) input gain makes h an exponential moving average, bounded for any length) and is
-computed exactly by a two-level chunked scan (`diag_scan`): no Python loop over time steps.
+computed exactly by batched GEMMs over a chunked scan (`diag_scan`): no Python loop over time steps.
 
 CMS levels, slow -> fast: ["slow", "medium", "fast", "core"]: the three memory MLPs, then the core
 (input projection, SSM, readout, level logits, head). Their update frequencies are the run's CMS
@@ -41,30 +41,74 @@ from pmnist.models.layers import SeedLinear, per_seed_init
 MEMORY_LEVELS = ("slow", "medium", "fast")
 
 
-def diag_scan(b, log_a):
-    """h_t = a * h_{t-1} + b_t, h_{-1} = 0, for b [S, B, L, N] and log_a [S, N] (a = exp(log_a) <= 1).
+# Sequences up to this long are scanned with one [L, L] decay matrix (one batched GEMM, L^2 multiply-adds
+# per step and state: cheapest for short sequences); longer ones in chunks of ~sqrt(L) steps.
+ONE_CHUNK_MAX = 64
 
-    Exact two-level chunked scan: split time into C chunks of K ~ sqrt(L) steps; inside a chunk the
-    recurrence is a [K, K] lower-triangular matrix of decay powers, across chunks a [C, C] one.
-    Only powers a^k with k >= 0 appear, so nothing overflows (unlike a^t * cumsum(a^-t b))."""
-    S, Bt, L, N = b.shape
-    K = math.ceil(math.sqrt(L))
+
+def diag_scan(b, log_a, gain=None):
+    """h_t = a * h_{t-1} + gain * b_t along the LAST axis, h_{-1} = 0, for b [S, N, R, L] (R sequences
+    of L steps per seed and state) and log_a [S, N] (a = exp(log_a) <= 1); gain [S, N] (default 1).
+    Returns h [S, N, R, L], contiguous. Time is last so every product below is a batched GEMM over
+    (seed, state) pairs with no transposing copy.
+
+    Exact two-level chunked scan: split time into C chunks of K steps (K = L up to ONE_CHUNK_MAX, else
+    ~sqrt(L)); inside a chunk the recurrence is a [K, K] lower-triangular matrix of decay powers (the
+    gain folded in), across chunks a [C, C] one. Only powers a^k with k >= 0 appear, so nothing
+    overflows (unlike a^t * cumsum(a^-t b))."""
+    S, N, R, L = b.shape
+    K = L if L <= ONE_CHUNK_MAX else math.ceil(math.sqrt(L))
     C = math.ceil(L / K)
-    b = F.pad(b, (0, 0, 0, C * K - L)).view(S, Bt, C, K, N)  # zero inputs after the end: causal
+    log_a = log_a.reshape(S * N, 1, 1)
 
-    def decay_matrix(n, scale):  # [S, N, n, n]: a^(scale * (t - s)) for t >= s, else 0
+    def decay_matrix(n, scale):  # [S*N, n, n]: a^(scale * (t - s)) for t >= s, else 0
         d = torch.arange(n, device=b.device)
         diff = d[:, None] - d[None, :]
         # clamp before exp: masked entries would be a^(negative) = inf and poison the backward
-        powers = torch.exp(log_a[:, :, None, None] * (scale * diff.clamp(min=0)))
-        return powers * (diff >= 0)
+        return torch.exp(log_a * (scale * diff.clamp(min=0))) * (diff >= 0)
 
-    local = torch.einsum("intu,ibcun->ibctn", decay_matrix(K, 1), b)        # state from this chunk
-    ends = torch.einsum("incd,ibdn->ibcn", decay_matrix(C, K), local[:, :, :, -1])  # state at chunk ends
-    entering = F.pad(ends[:, :, :-1], (0, 0, 1, 0))                            # state before chunk c
-    carry = torch.exp(log_a[:, None, :] * torch.arange(1, K + 1, device=b.device)[:, None])  # [S, K, N]
-    h = local + carry[:, None, None] * entering[:, :, :, None]
-    return h.reshape(S, Bt, C * K, N)[:, :, :L]
+    within = decay_matrix(K, 1)
+    if gain is not None:
+        within = within * gain.reshape(S * N, 1, 1)
+    if C * K > L:
+        b = F.pad(b, (0, C * K - L))                                # zero inputs after the end: causal
+    chunks = b.reshape(S * N, R * C, K)
+    local = torch.bmm(chunks, within.mT)                            # state from this chunk only
+    if C == 1:
+        return local.view(S, N, R, L)
+    local = local.view(S * N, R, C, K)
+    ends = torch.bmm(local[..., -1], decay_matrix(C, K).mT)         # [S*N, R, C]: state at chunk ends
+    entering = F.pad(ends[..., :-1], (1, 0))                        # state before chunk c
+    carry = torch.exp(log_a * torch.arange(1, K + 1, device=b.device))   # [S*N, 1, K]: a^(k+1)
+    h = local + entering[..., None] * carry[:, :, None]
+    return h.view(S, N, R, C * K)[..., :L].contiguous()
+
+
+class _MaxOverTimeOfGelu(torch.autograd.Function):
+    """z = max_t GELU(pre_t + D * u_t), for pre, u [S, B*L, H] (time-major rows of each sequence), D [S, H].
+
+    Equals core_sequence(x).amax(dim=2). Why a Function: only the argmax step of each (seed, image,
+    unit) receives gradient, so the backward needs the pre-activation there only (gathered: [S, B, H])
+    instead of amax's and addcmul's ~10 passes over [S, B, L, H] (mask casts, counts, products by 1).
+    Ties (two steps with the exact same output) send the whole gradient to the first, where amax
+    would split it: a valid subgradient either way, and practically never met."""
+
+    @staticmethod
+    def forward(ctx, pre, u, D, length):
+        S, rows, H = pre.shape
+        v = torch.addcmul(pre, D[:, None], u).view(S, rows // length, length, H)
+        z, step = F.gelu(v).max(dim=2, keepdim=True)                   # [S, B, 1, H]
+        ctx.save_for_backward(step, v.gather(2, step), u.view_as(v).gather(2, step), D)
+        ctx.shape = v.shape
+        return z.squeeze(2)
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        step, v_at, u_at, D = ctx.saved_tensors
+        grad_v = torch.ops.aten.gelu_backward(grad_z.unsqueeze(2), v_at)   # [S, B, 1, H], at the argmax
+        spread = lambda g: grad_z.new_zeros(ctx.shape).scatter_(2, step, g).flatten(1, 2)
+        grad_D = (grad_v * u_at).sum((1, 2)) if ctx.needs_input_grad[2] else None
+        return spread(grad_v), spread(grad_v * D[:, None, None]), grad_D, None
 
 
 def _one_seed(p, hidden_dim, state_dim, memory_hidden, n_classes):
@@ -104,16 +148,25 @@ class NestedSSM(nn.Module):
         self.level_logits = nn.Parameter(torch.zeros(S, len(MEMORY_LEVELS)))
         self.scheduler = None
 
-    def core_sequence(self, x):
-        """x [S, B, D] -> y [S, B, L, H], the per-step SSM outputs (y_t sees x_1..x_t only)."""
+    def _state_readout_inputs(self, x):
+        """x [S, B, D] -> (C h_t + b_C, u_t), each [S, B*L, H]: what y_t = GELU(C h_t + b_C + D u_t) reads."""
         S, Bt, _ = x.shape
         rows = x.reshape(S, Bt * self.length, -1)                     # [S, B*L, P]
         u = F.gelu(self.inp(rows))                                    # [S, B*L, H]
         log_a = -F.softplus(self.nu)                                  # [S, N], a in (0, 1)
-        drive = (1 - log_a.exp())[:, None] * self.B(u)                # (1 - a) * (B u + b_B)
-        h = diag_scan(drive.view(S, Bt, self.length, -1), log_a)     # [S, B, L, N]
-        y = F.gelu(self.C(h.reshape(S, Bt * self.length, -1)) + self.D[:, None] * u)
-        return y.view(S, Bt, self.length, -1)
+        drive = self.B(u, transpose_out=True).mT                      # [S, N, B*L]: B u + b_B, time last
+        h = diag_scan(drive.view(S, -1, Bt, self.length), log_a, gain=1 - log_a.exp())  # [S, N, B, L]
+        return self.C(h.view(S, -1, Bt * self.length).mT), u
+
+    def core_sequence(self, x):
+        """x [S, B, D] -> y [S, B, L, H], the per-step SSM outputs (y_t sees x_1..x_t only)."""
+        pre, u = self._state_readout_inputs(x)
+        return F.gelu(torch.addcmul(pre, self.D[:, None], u)).view(x.shape[0], x.shape[1], self.length, -1)
+
+    def readout(self, x):
+        """x [S, B, D] -> z [S, B, H] = core_sequence(x).amax(dim=2), by a cheaper backward.
+        Max over time: "feature seen at some step"; learned clearly faster than the mean here."""
+        return _MaxOverTimeOfGelu.apply(*self._state_readout_inputs(x), self.D, self.length)
 
     def level_weights(self):
         return torch.softmax(self.level_logits, dim=-1)              # [S, 3], per seed
@@ -121,8 +174,7 @@ class NestedSSM(nn.Module):
     def forward(self, x, return_diagnostics=False):
         """x [S, B, D] -> logits [S, B, 10]; with return_diagnostics also
         {"levels_updated": names the scheduler's next step() updates, "level_weights": [S, 3]}."""
-        # max over time: "feature seen at some step"; learned clearly faster than the mean here
-        z = self.core_sequence(x).amax(dim=2)                          # [S, B, H]
+        z = self.readout(x)                                            # [S, B, H]
         w = self.level_weights()
         memory = sum(w[:, k, None, None] * l2(torch.relu(l1(z))) for k, (l1, l2) in enumerate(self.mem))
         logits = self.head(z + memory)

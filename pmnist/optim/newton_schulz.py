@@ -64,19 +64,37 @@ def orthogonalise(M, steps, dtype=torch.float32):
 MAX_BATCH = 20
 
 
+def _calls(sizes):
+    """Pack tensors (their slice counts, in order) into Newton-Schulz calls of at most MAX_BATCH slices:
+    lists of indices; a tensor with more slices than that is a call of its own (split into views)."""
+    calls, load = [], MAX_BATCH
+    for i, n in enumerate(sizes):
+        if load + n > MAX_BATCH:
+            calls.append([])
+            load = 0
+        calls[-1].append(i)
+        load += n
+    return calls
+
+
 def orthogonalise_many(tensors, steps, dtype=torch.float32):
-    """orthogonalise() of every tensor, one Newton-Schulz call per distinct matrix shape (per MAX_BATCH
-    slices): tensors of equal [d1, d2*...] are concatenated along the batch axis (each slice is still
-    normalised and iterated alone, so the result equals one call per tensor). Returns the results in order."""
+    """orthogonalise() of every tensor, few Newton-Schulz calls: tensors of equal [d1, d2*...] share a
+    call, whole, while it holds at most MAX_BATCH slices (each slice is still normalised and iterated
+    alone, so the result equals one call per tensor). Concatenates only tensors that share a call:
+    M3's P1 and P2 at 20 seeds are two calls of 20 with no copy. Returns the results in order."""
     mats = [t.reshape(t.shape[0], t.shape[1], -1) for t in tensors]
     out = [None] * len(mats)
     by_shape = {}
     for i, m in enumerate(mats):
         by_shape.setdefault((tuple(m.shape[1:]), m.dtype, m.device), []).append(i)
     for idx in by_shape.values():
-        batch = mats[idx[0]] if len(idx) == 1 else torch.cat([mats[i] for i in idx])
-        parts = [newton_schulz(part, steps, dtype) for part in batch.split(MAX_BATCH)]
-        result = parts[0] if len(parts) == 1 else torch.cat(parts)
-        for i, part in zip(idx, result.split([mats[i].shape[0] for i in idx])):
-            out[i] = part.reshape(tensors[i].shape)
-    return out
+        for call in _calls([mats[i].shape[0] for i in idx]):
+            members = [idx[k] for k in call]
+            if len(members) == 1:
+                parts = [newton_schulz(part, steps, dtype) for part in mats[members[0]].split(MAX_BATCH)]
+                out[members[0]] = parts[0] if len(parts) == 1 else torch.cat(parts)
+                continue
+            result = newton_schulz(torch.cat([mats[i] for i in members]), steps, dtype)
+            for i, part in zip(members, result.split([mats[i].shape[0] for i in members])):
+                out[i] = part
+    return [o.reshape(t.shape) for o, t in zip(out, tensors)]
