@@ -26,6 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import pmnist.optim.deep_momentum as deep_momentum  # noqa: E402
 import pmnist.optim.m3 as m3  # noqa: E402
 import pmnist.optim.muon as muon  # noqa: E402
+import pmnist.optim.newton_schulz as newton_schulz  # noqa: E402
 import pmnist.train as train  # noqa: E402
 from pmnist.config import load_params  # noqa: E402
 from pmnist.data import make_permutations  # noqa: E402
@@ -49,7 +50,7 @@ def main():
     precision = ap.add_mutually_exclusive_group()
     precision.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA (default: params' train.tf32)")
     precision.add_argument("--fp32", action="store_true", help="float32 matmuls on CUDA")
-    ap.add_argument("--no-triton", action="store_true", help="deep momentum, M3, Muon: the torch reference, not the Triton kernels")
+    ap.add_argument("--no-triton", action="store_true", help="deep momentum, M3, Muon, Newton-Schulz: the torch reference, not the Triton kernels")
     ap.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="override an optimizer arg")
     ap.add_argument("--no-profile", action="store_true", help="only time the steps")
     args = ap.parse_args()
@@ -62,6 +63,7 @@ def main():
     if args.no_triton:
         deep_momentum._triton_step = lambda p, mlp: None
         m3.elementwise_kernels = muon.elementwise_kernels = lambda p: None
+        newton_schulz.one_program_kernel = lambda G, dtype: None
     if args.no_flat:
         train.CMSScheduler = functools.partial(CMSScheduler, flatten=False)
     train_x, train_y, _, _ = (t.to(device) for t in mnist(params))

@@ -331,8 +331,38 @@ def test_triton_kernels_equal_the_torch_reference(name, device):
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+NS_KERNEL_CHECK = """
+import sys, torch
+from pmnist.optim import newton_schulz_triton
+from pmnist.optim.newton_schulz import NS_COEFFS, newton_schulz
+device, tolerance = sys.argv[1], float(sys.argv[2])
+torch.manual_seed(0)
+for shape in [(3, 10, 64), (2, 64, 128), (2, 128, 64), (2, 37, 20)]:   # wide, tall, padded
+    G = torch.randn(*shape, device=device) * 0.01
+    got = newton_schulz_triton.newton_schulz(G, 5, NS_COEFFS, 1e-7)
+    exact = newton_schulz(G.double(), 5, torch.float64)
+    error = lambda O: ((O.double() - exact).norm(dim=(1, 2)) / exact.norm(dim=(1, 2))).max().item()
+    reference = error(newton_schulz(G, 5, torch.bfloat16))
+    assert got.shape == G.shape and got.dtype == G.dtype
+    assert error(got) < tolerance and reference < tolerance, (shape, error(got), reference)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_newton_schulz_kernel_is_as_exact_as_the_bf16_reference(device):
+    """The one-program bf16 Newton-Schulz against float64: within the bf16 reference's own error
+    (~0.015); on the CPU in Triton's interpreter, whose bf16 rounding truncates (~0.025 there)."""
+    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
+    out = subprocess.run([sys.executable, "-c", NS_KERNEL_CHECK, device, "0.04" if device == "cpu" else "0.025"],
+                         cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
 def test_kernels_are_used_only_on_cuda():
-    """The CPU path (and deep momentum at any depth but two layers) is the torch reference."""
+    """The CPU path (and deep momentum at any depth but two layers, Newton-Schulz of large matrices or in
+    float32) is the torch reference."""
     import pmnist.optim.deep_momentum as dm
     import pmnist.optim.m3 as m3
     import pmnist.optim.muon as muon
@@ -345,6 +375,13 @@ def test_kernels_are_used_only_on_cuda():
         q.grad = torch.zeros_like(q)
         assert dm._triton_step(q, [q] * 4) is not None and dm._triton_step(q, [q] * 2) is None
         assert muon.elementwise_kernels(q) is not None
+    from pmnist.optim.newton_schulz import one_program_kernel
+    small, large = torch.zeros(2, 64, 128), torch.zeros(2, 128, 256)
+    assert one_program_kernel(small, torch.bfloat16) is None                      # CPU: the torch code
+    if torch.cuda.is_available():
+        assert one_program_kernel(small.cuda(), torch.bfloat16) is not None
+        assert one_program_kernel(small.cuda(), torch.float32) is None             # the float32 control
+        assert one_program_kernel(large.cuda(), torch.bfloat16) is None            # cuBLAS
 
 
 # ---- every optimizer: seeds independent, graph-safe ------------------------------------------

@@ -15,7 +15,8 @@ ours: the iteration is self-correcting and its output only needs to be roughly o
 the default (`ns_dtype: bfloat16` in the optimizers' args); `float32` is the control. The Frobenius
 normalisation is done in the input's precision before the cast, and the result is returned in the
 input's dtype. bench/ns_precision.py measures the error against float64 and the time per call.
-Each iteration is three batched matmuls, two of them fused with the axpy (baddbmm).
+Each iteration is three batched matmuls, two of them fused with the axpy (baddbmm). On CUDA, bf16
+iterations of small matrices run whole in one Triton program per slice (newton_schulz_triton.py).
 """
 import torch
 
@@ -34,11 +35,23 @@ def is_matrix(p):
     return p.ndim >= 3
 
 
+def one_program_kernel(G, dtype):
+    """pmnist.optim.newton_schulz_triton where it iterates G (CUDA, bf16, a small matrix per slice),
+    else None: the torch code below is the reference, the CPU path and the path of large matrices."""
+    if not G.is_cuda:
+        return None
+    from pmnist.optim import newton_schulz_triton   # imports triton: only where CUDA is used
+    return newton_schulz_triton if newton_schulz_triton.supported(G, dtype) else None
+
+
 def newton_schulz(G, steps=5, dtype=torch.float32, eps=1e-7):
     """Orthogonalise G [B, rows, cols] per slice (dim 0: seeds, or seeds x matrices). Iterates in
     `dtype` (a torch dtype or its name); returns G's dtype."""
     if isinstance(dtype, str):
         dtype = ns_dtype(dtype)
+    kernel = one_program_kernel(G, dtype)
+    if kernel is not None:
+        return kernel.newton_schulz(G, steps, NS_COEFFS, eps)
     a, b, c = NS_COEFFS
     tall = G.size(-2) > G.size(-1)
     X = G.mT if tall else G       # iterate on the smaller Gram matrix X X^T
