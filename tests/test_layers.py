@@ -3,23 +3,25 @@ import torch
 
 from pmnist.models.layers import SeedLinear, _SeedLinearFn
 
-CPU = torch.device("cpu")
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
 
-def layer_and_reference(S=3, n_in=7, n_out=5):
+def layer_and_reference(S=3, n_in=7, n_out=5, device="cpu"):
     torch.manual_seed(0)
-    layer = SeedLinear([torch.nn.Linear(n_in, n_out) for _ in range(S)])
+    layer = SeedLinear([torch.nn.Linear(n_in, n_out) for _ in range(S)]).to(device)
     reference = lambda x: torch.baddbmm(layer.bias.unsqueeze(1), x, layer.weight.transpose(1, 2))  # plain autograd
     return layer, reference
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("x_layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("transpose_out", [False, True])
-def test_seed_linear_equals_autograd_and_keeps_layouts(x_layout, transpose_out):
-    """Same values and gradients as autograd's baddbmm (bitwise on the CPU), with W's gradient contiguous
-    (it is added into the optimizer's flat buffer) and x's gradient in x's own layout."""
-    layer, reference = layer_and_reference()
-    base = torch.randn(3, 11, 7) if x_layout == "contiguous" else torch.randn(3, 7, 11)
+def test_seed_linear_equals_autograd_and_keeps_layouts(x_layout, transpose_out, device):
+    """Same values and gradients as autograd's baddbmm, bit for bit, with W's gradient contiguous (it is
+    added into the optimizer's flat buffer) and x's gradient in x's own layout."""
+    layer, reference = layer_and_reference(device=device)
+    shape = (3, 11, 7) if x_layout == "contiguous" else (3, 7, 11)
+    base = torch.randn(*shape, device=device)
     base.requires_grad_(True)
     x = base if x_layout == "contiguous" else base.mT                       # [S, rows, in] either way
     y = layer(x, transpose_out=transpose_out)
