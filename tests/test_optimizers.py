@@ -319,16 +319,22 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("name", ["deep_momentum", "m3", "muon"])
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
-def test_triton_kernels_equal_the_torch_reference(name, device):
-    """On the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, read when they are
-    defined: a fresh process); on CUDA compiled, as training runs them."""
+KERNEL_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
+
+
+def run_kernel_check(script, device, *args):
+    """script in a fresh process: on the CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1,
+    read when they are defined), on CUDA compiled, as training runs them. It must print "ok"."""
     env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
-    out = subprocess.run([sys.executable, "-c", KERNEL_CHECK, device, name], cwd=ROOT, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", script, device, *args], cwd=ROOT, capture_output=True,
                          text=True, env=env)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", ["deep_momentum", "m3", "muon"])
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_triton_kernels_equal_the_torch_reference(name, device):
+    run_kernel_check(KERNEL_CHECK, device, name)
 
 
 NS_KERNEL_CHECK = """
@@ -349,15 +355,11 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs CUDA"))])
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 def test_newton_schulz_kernel_is_as_exact_as_the_bf16_reference(device):
     """The one-program bf16 Newton-Schulz against float64: within the bf16 reference's own error
     (~0.015); on the CPU in Triton's interpreter, whose bf16 rounding truncates (~0.025 there)."""
-    env = {**os.environ, **({"TRITON_INTERPRET": "1"} if device == "cpu" else {})}
-    out = subprocess.run([sys.executable, "-c", NS_KERNEL_CHECK, device, "0.04" if device == "cpu" else "0.025"],
-                         cwd=ROOT, capture_output=True, text=True, env=env)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+    run_kernel_check(NS_KERNEL_CHECK, device, "0.04" if device == "cpu" else "0.025")
 
 
 def test_kernels_are_used_only_on_cuda():

@@ -71,8 +71,8 @@ class M3(torch.optim.Optimizer):
                 vector, fused = not is_matrix(p), elementwise_kernels(p)
                 if fused is not None:                  # CUDA: the same formulas in one kernel
                     if "packed" not in scalars:        # the kernel reads them from one float32 tensor
-                        scalars["packed"] = torch.stack([scalars[k].to(torch.float64) for k in
-                                                         ("bc1", "bcv", "boundary", "bc2f") if k in scalars]).float()
+                        scalars["packed"] = fused.pack(*(scalars[k] for k in ("bc1", "bcv", "boundary", "bc2f")
+                                                         if k in scalars))
                     out = fused.moments(p, s, scalars["packed"], group, slow, vector)
                 else:
                     out = self._moments(p, s, scalars, group, slow, vector)

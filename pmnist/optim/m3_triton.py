@@ -54,6 +54,12 @@ def _moments(g_ptr, m1_ptr, v_ptr, chunk_ptr, m2_ptr, o2_ptr, p_ptr, p1_ptr, p2_
             tl.store(p2_ptr + offs, P2, mask=inside)
 
 
+def pack(*scalars):
+    """The step's 0-dim device scalars (float64 counts' bias corrections, a bool boundary) as the one
+    float32 tensor the kernel reads, in the order given."""
+    return torch.stack([s.to(torch.float64) for s in scalars]).float()
+
+
 def supported(p):
     """Whether these kernels handle a CUDA parameter: contiguous float32, gradient too."""
     return p.dtype == torch.float32 and p.is_contiguous() and p.grad.is_contiguous()

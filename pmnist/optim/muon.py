@@ -92,7 +92,7 @@ class Muon(torch.optim.Optimizer):
                         p.sub_(lr * adam_direction(state, g, bc1, bc2, (b1, b2), group["eps"]))
                         continue
                     if packed is None:
-                        packed = torch.stack([bc1, bc2]).float()
+                        packed = fused.pack(bc1, bc2)
                     fused.adam_update(p, state["exp_avg"], state["exp_avg_sq"], packed, (b1, b2), group["eps"], lr)
                     continue
                 buf = state["momentum_buffer"]
