@@ -1,14 +1,16 @@
 """Where a training step's time goes: torch.profiler over a few hundred steps of one run.
 
     python bench/profile_step.py [--run cms] [--device auto] [--seeds 10] [--steps 300] [--no-graphs]
-                                 [--no-flat] [--tf32 | --fp32] [--no-triton] [--arg KEY=VALUE ...] [--no-profile]
+                                 [--no-flat] [--tf32 | --fp32] [--no-triton] [--cuda-slices N] [--arg KEY=VALUE ...]
+                                 [--no-profile]
 
 --no-flat builds the CMS scheduler without flat buffers (per-tensor parameters, gradients and
 optimizer: the layout before flat buffers), --arg overrides one of the run's optimizer_args (e.g.
 --arg ns_dtype=float32), --tf32 / --fp32 run the matmuls in TF32 / float32 (default: params.yaml's
 train.tf32, as the study), --no-triton steps deep momentum,
-M3 and Muon through their torch reference instead of their Triton kernels, so variants can be timed back to back
-on one machine. The last line is
+M3 and Muon through their torch reference instead of their Triton kernels, --cuda-slices N steps a flat Adam
+buffer in about N slices on side streams (0: one launch over the whole buffer), so variants can be
+timed back to back on one machine. The last line is
 machine-readable:  RESULT run=... device=... graphs=... flat=... args=... us_per_step=...
 """
 import argparse
@@ -23,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+import pmnist.optim.cms as cms  # noqa: E402
 import pmnist.optim.deep_momentum as deep_momentum  # noqa: E402
 import pmnist.optim.m3 as m3  # noqa: E402
 import pmnist.optim.muon as muon  # noqa: E402
@@ -30,7 +33,6 @@ import pmnist.optim.newton_schulz as newton_schulz  # noqa: E402
 import pmnist.train as train  # noqa: E402
 from pmnist.config import load_params  # noqa: E402
 from pmnist.data import make_permutations  # noqa: E402
-from pmnist.optim.cms import CMSScheduler  # noqa: E402
 from speed import mnist  # noqa: E402
 
 
@@ -52,6 +54,8 @@ def main():
     precision.add_argument("--fp32", action="store_true", help="float32 matmuls on CUDA")
     ap.add_argument("--no-triton", action="store_true", help="deep momentum, M3, Muon, Newton-Schulz: the torch reference, not the Triton kernels")
     ap.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="override an optimizer arg")
+    ap.add_argument("--cuda-slices", type=int, default=None, metavar="N",
+                    help="about N slices per flat Adam buffer on CUDA (pmnist.optim.cms.CUDA_SLICES); 0: one launch")
     ap.add_argument("--no-profile", action="store_true", help="only time the steps")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
@@ -64,8 +68,10 @@ def main():
         deep_momentum._triton_step = lambda p, mlp: None
         m3.elementwise_kernels = muon.elementwise_kernels = lambda p: None
         newton_schulz.one_program_kernel = lambda G, dtype: None
+    if args.cuda_slices is not None:
+        cms.CUDA_SLICES = args.cuda_slices
     if args.no_flat:
-        train.CMSScheduler = functools.partial(CMSScheduler, flatten=False)
+        train.CMSScheduler = functools.partial(cms.CMSScheduler, flatten=False)
     train_x, train_y, _, _ = (t.to(device) for t in mnist(params))
     seeds = list(range(args.seeds))
     model, scheduler, method = train.build_run(run, params["models"][run["model"]], seeds, device)
@@ -80,7 +86,7 @@ def main():
         step(batch(i))
     sync(device)
     label = (f"run={args.run} device={device.type} graphs={graphs and device.type == 'cuda'} flat={not args.no_flat} "
-             f"tf32={tf32} triton={not args.no_triton} args={','.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
+             f"tf32={tf32} triton={not args.no_triton} cuda_slices={cms.CUDA_SLICES} args={','.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
     if not args.no_profile:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         t = time.perf_counter()

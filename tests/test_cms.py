@@ -6,7 +6,8 @@ import torch
 
 from pmnist.models.mlp import MLP
 from pmnist.optim import OPTIMIZERS, build_optimizer
-from pmnist.optim.cms import CMSScheduler
+from pmnist.optim import cms
+from pmnist.optim.cms import CMSScheduler, SideBySide, flat_optimizer
 
 LR = 0.1
 
@@ -214,15 +215,54 @@ def test_flat_buffers_change_nothing_for_the_other_optimizers(name):
         assert torch.equal(x, y), (name, (x - y).abs().max())
 
 
+def test_cuda_slices_are_about_one_per_sm_where_the_fused_kernel_gets_fewer_blocks():
+    assert cms.cuda_slice_size(2_427_620) == 18968 and 2_427_620 / 18968 <= cms.CUDA_SLICES   # the MLP, 10 seeds
+    assert cms.cuda_slice_size(10_000) == cms.MIN_SLICE                                      # small: 3 slices
+    assert cms.cuda_slice_size(12_138_100) == 0                                              # 50 seeds: 186 chunks
+    assert all(cms.cuda_slice_size(n) % 4 == 0 for n in range(1, 10_000_000, 99_991))       # 16-byte aligned
+
+
+@pytest.mark.parametrize("make", [lambda ps, lr: torch.optim.Adam(ps, lr=lr, foreach=True),
+                                  lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9)], ids=["adam", "sgd"])
+def test_an_elementwise_optimizer_in_slices_is_bitwise_the_whole_buffer(make):
+    """flat_optimizer with slices (what CUDA uses, cms.cuda_slice_size): 100 slices of 7 (and one of 3) in
+    three optimizers of at most 36; same bits as one optimizer over the whole buffer, slices are views."""
+    torch.manual_seed(0)
+    init, grads = torch.randn(703), [torch.randn(703) for _ in range(5)]
+    results = []
+    for slice_size in (0, 7):
+        flat, flat_grad = init.clone(), torch.zeros(703)
+        flat.grad = flat_grad
+        opt = flat_optimizer(make, [(flat, flat_grad)], 0.01, slice_size)
+        for g in grads:
+            flat_grad.copy_(g)
+            opt.step()
+        results.append(flat)
+    assert isinstance(opt, SideBySide) and [len(o.param_groups[0]["params"]) for o in opt.optimizers] == [36, 36, 29]
+    part = opt.optimizers[1].param_groups[0]["params"][0]
+    assert part.data_ptr() == flat.data_ptr() + 36 * 7 * 4 and part.grad.data_ptr() == flat_grad.data_ptr() + 36 * 7 * 4
+    assert torch.equal(results[0], results[1])
+
+
 # ---- CUDA ----------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("accumulate", ["sum", "mean", "last"])
-def test_cuda_fused_adam_on_the_flat_buffer_is_bitwise_per_tensor_fused_adam(accumulate):
+@pytest.mark.parametrize("slice_size, graphs", [(0, False), (512, False), (512, True), (None, True)])
+def test_cuda_fused_adam_on_the_flat_buffer_is_bitwise_per_tensor_fused_adam(accumulate, slice_size, graphs, monkeypatch):
+    """Fused Adam over the whole flat buffer (slice_size 0) or over its slices side by side on streams
+    (eager, and replayed from CUDA graphs: parallel branches): bitwise the per-tensor fused Adam.
+    slice_size None: cms.cuda_slice_size's own choice."""
+    if slice_size is not None:
+        monkeypatch.setattr(cms, "cuda_slice_size", lambda numel: slice_size)
     make = lambda ps, lr: build_optimizer("adam", ps, lr, OPTIMIZERS["adam"].defaults)   # fused, capturable
-    flat, fs = _mlp_run(make, True, accumulate, device="cuda")
+    flat, fs = _mlp_run(make, True, accumulate, device="cuda", graphs=graphs)
     ref, _ = _mlp_run(make, False, accumulate, device="cuda")
-    assert all(len(g.optimizer.param_groups[0]["params"]) == 1 for g in fs.groups)
+    if slice_size != 0:       # None: the choice for this small MLP is slices of MIN_SLICE
+        assert all(isinstance(g.optimizer, SideBySide) for g in fs.groups)
+        assert slice_size != 512 or max(len(g.optimizer.optimizers) for g in fs.groups) == 3   # 99 slices: 36, 36, 27
+    else:
+        assert all(len(g.optimizer.param_groups[0]["params"]) == 1 for g in fs.groups)
     for x, y in zip(flat, ref):
         assert torch.equal(x, y), (x - y).abs().max()
 

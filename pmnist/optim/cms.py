@@ -37,6 +37,14 @@ element by element (tests/test_cms.py checks bitwise equality against per-tensor
 Consequences: build the scheduler after the model is on its device (a later `model.to()` would detach
 the parameters from the buffers), and never set a parameter's .grad to None (`step()` checks).
 
+On CUDA an elementwise group's flat buffers are stepped in slices (`cuda_slice_size`), by several
+optimizers side by side on their own streams (`SideBySide`). Why: torch's fused Adam kernel
+(multi_tensor_apply) gives each 65 536-element chunk of a tensor one 512-thread block, so a small
+buffer gets few blocks: CMS's fast level at 20 seeds (0.18 M parameters) got 3 for an H100's 132
+SMs, the MLP at 10 seeds (2.4 M) 37, and the update took a third of the step (bench/README.md, eighth
+session). Each coordinate's arithmetic is the same however the buffer is cut, so the result is too,
+bit for bit (tests/test_cms.py).
+
 On CUDA, `capture_graphs()` records each group's full-chunk update (scale, optimizer step, zero the
 gradients) as a CUDA graph, replayed at every later update: one launch instead of dozens.
 """
@@ -44,7 +52,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pmnist.optim.streams import side_by_side
+
 LR_EXPONENT = {"none": 0.0, "sqrt_period": 0.5, "period": 1.0}
+CUDA_SLICES = 128         # on CUDA a flat buffer is cut into about this many slices (about one per SM); 0: never
+MIN_SLICE = 4096          # elements, at least, per slice
+FUSED_CHUNK = 65536       # torch's multi_tensor_apply: one thread block per chunk of this many elements of a tensor
+TENSORS_PER_LAUNCH = 36   # ... and at most 36 tensors of Adam's depth per launch
 ELEMENTWISE = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW, torch.optim.Adamax, torch.optim.NAdam,
                torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adagrad)
 
@@ -122,7 +136,8 @@ class CMSScheduler:
                                 *(_flatten(params) if flatten else _separate(params)))
             group.optimizer = make_optimizer(group.params, group.lr)
             if flatten and is_elementwise(group.optimizer):
-                group.optimizer = make_optimizer([flat for flat, _ in group.flats], group.lr)
+                slice_size = cuda_slice_size(sum(f.numel() for f, _ in group.flats)) if group.flats[0][0].is_cuda else 0
+                group.optimizer = flat_optimizer(make_optimizer, group.flats, group.lr, slice_size)
             group.grad_ptrs = [g.data_ptr() for _, g in group.views]
             self.groups.append(group)
         self.step_count = 0
@@ -204,6 +219,44 @@ class CMSScheduler:
         _zero(group.flat_grads)
 
 
+class SideBySide:
+    """Elementwise optimizers over disjoint slices of flat buffers, stepped side by side (streams.py)."""
+    elementwise = True
+
+    def __init__(self, optimizers, device):
+        self.optimizers, self.device = optimizers, device
+
+    def step(self):
+        side_by_side(lambda optimizer: optimizer.step(), self.optimizers, self.device)
+
+
+def cuda_slice_size(numel):
+    """Elements per slice of a flat buffer of numel elements on CUDA, or 0: leave it whole. About
+    CUDA_SLICES slices of at least MIN_SLICE elements (a multiple of 4: 16-byte aligned views), where
+    that gives more blocks than the fused kernel's own chunks. Measured on an H100 (bench/README.md,
+    eighth session): the MLP's step at 10 seeds 247 -> 227 us with slices of 4096 to 16384, no change
+    at 20 seeds (4.9 M), slower at 50 (12 M: 449 -> 478 us with 16384), CMS at 20 seeds 330 -> 271 us."""
+    if not CUDA_SLICES:
+        return 0
+    size = -(-max(MIN_SLICE, -(-numel // CUDA_SLICES)) // 4) * 4
+    return size if size < FUSED_CHUNK else 0
+
+
+def flat_optimizer(make_optimizer, flats, lr, slice_size=0):
+    """An elementwise group's optimizer over its flat buffers [(flat, flat gradient)]: one over the whole
+    buffers (slice_size 0), else one per TENSORS_PER_LAUNCH slices of at most slice_size elements, each
+    slice a view of its flat parameter with the matching view of the flat gradient as its .grad."""
+    if not slice_size:
+        return make_optimizer([flat for flat, _ in flats], lr)
+    slices = []
+    for flat, flat_grad in flats:
+        for part, grad in zip(flat.split(slice_size), flat_grad.split(slice_size)):
+            part.grad = grad
+            slices.append(part)
+    return SideBySide([make_optimizer(slices[i:i + TENSORS_PER_LAUNCH], lr)
+                       for i in range(0, len(slices), TENSORS_PER_LAUNCH)], flats[0][0].device)
+
+
 def _flatten(params):
     """One flat parameter and one flat gradient per (device, dtype); every parameter and its .grad
     become views into them. Returns (flats, views)."""
@@ -234,5 +287,5 @@ def _separate(params):
 
 
 def _zero(tensors):
-    if tensors:
-        torch._foreach_zero_(tensors)
+    for t in tensors:   # a flat buffer: one fill over all of it (torch._foreach_zero_ gets a block per 65 536)
+        t.zero_()

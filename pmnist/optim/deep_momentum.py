@@ -82,6 +82,8 @@ arithmetic up to the order of sums); the autograd code below is the reference an
 import torch
 import torch.nn.functional as F
 
+from pmnist.optim.streams import side_by_side
+
 OBJECTIVES = ("delta", "dot")
 
 
@@ -146,33 +148,36 @@ class DeepMomentum(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
-            beta, delta = group["momentum"], group["objective"] == "delta"
-            alpha, eta_m = (1.0, 1 - beta) if delta else (beta, 1.0)
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["m"] = torch.zeros(p.shape[0], p[0].numel(), dtype=torch.float32, device=p.device)
-                    st["mlp"] = (_init_mlp(p.shape[0], group["hidden_dim"], group["num_layers"], p.device)
-                                 if group["num_layers"] else [])
-                m, mlp = st["m"], st["mlp"]
-                u = p.grad.reshape(p.shape[0], -1).float()
-                c = memory_scale(m, u)     # before the inner step: a constant of it
-                fused = _triton_step(p, mlp)
-                if fused is not None:      # CUDA, two-layer MLP: the same step in two kernels
-                    fused.step(p, u, m, mlp, c, group["lr"], alpha, eta_m, group["memory_lr"], delta)
-                    continue
-                with torch.enable_grad():
-                    theta = [m.requires_grad_()] + [w.requires_grad_() for w in mlp]
-                    M = read_out(theta[0], theta[1:], c)
-                    inner = (M - u).pow(2).mul(0.5) if delta else -(M * u)
-                    # a sum over seeds: each seed's memory gets only its own gradient
-                    grads = torch.autograd.grad(inner.sum(), theta)
-                m.requires_grad_(False).mul_(alpha).sub_(grads[0], alpha=eta_m)
-                if mlp:
-                    scale = (group["memory_lr"] / (m.shape[1] * c * c)).unsqueeze(-1)   # [S, 1, 1]
-                    for w, dw in zip(mlp, grads[1:]):
-                        w.requires_grad_(False).mul_(alpha).sub_(dw * scale)
-                update = read_out(m, mlp, c).view_as(p).to(p.dtype)
-                p.add_(update, alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            # Each tensor's memory is its own, and its step a chain of small kernels: on CUDA the
+            # tensors' chains run side by side on streams (streams.py; same kernels, same results).
+            side_by_side(lambda p: self._step_tensor(p, group), params, params[0].device if params else "cpu")
+
+    def _step_tensor(self, p, group):
+        beta, delta = group["momentum"], group["objective"] == "delta"
+        alpha, eta_m = (1.0, 1 - beta) if delta else (beta, 1.0)
+        st = self.state[p]
+        if not st:
+            st["m"] = torch.zeros(p.shape[0], p[0].numel(), dtype=torch.float32, device=p.device)
+            st["mlp"] = (_init_mlp(p.shape[0], group["hidden_dim"], group["num_layers"], p.device)
+                         if group["num_layers"] else [])
+        m, mlp = st["m"], st["mlp"]
+        u = p.grad.reshape(p.shape[0], -1).float()
+        c = memory_scale(m, u)     # before the inner step: a constant of it
+        fused = _triton_step(p, mlp)
+        if fused is not None:      # CUDA, two-layer MLP: the same step in two kernels
+            fused.step(p, u, m, mlp, c, group["lr"], alpha, eta_m, group["memory_lr"], delta)
+            return
+        with torch.enable_grad():
+            theta = [m.requires_grad_()] + [w.requires_grad_() for w in mlp]
+            M = read_out(theta[0], theta[1:], c)
+            inner = (M - u).pow(2).mul(0.5) if delta else -(M * u)
+            # a sum over seeds: each seed's memory gets only its own gradient
+            grads = torch.autograd.grad(inner.sum(), theta)
+        m.requires_grad_(False).mul_(alpha).sub_(grads[0], alpha=eta_m)
+        if mlp:
+            scale = (group["memory_lr"] / (m.shape[1] * c * c)).unsqueeze(-1)   # [S, 1, 1]
+            for w, dw in zip(mlp, grads[1:]):
+                w.requires_grad_(False).mul_(alpha).sub_(dw * scale)
+        update = read_out(m, mlp, c).view_as(p).to(p.dtype)
+        p.add_(update, alpha=-group["lr"])

@@ -20,6 +20,8 @@ iterations of small matrices run whole in one Triton program per slice (newton_s
 """
 import torch
 
+from pmnist.optim.streams import side_by_side
+
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
 
@@ -111,34 +113,9 @@ def orthogonalise_many(tensors, steps, dtype=torch.float32):
         return newton_schulz(torch.cat([mats[i] for i in members]), steps, dtype).split(
             [mats[i].shape[0] for i in members])
 
-    for members, results in zip(calls, _side_by_side(run, calls, mats)):
+    # Side by side: each call is a chain of small kernels that leaves most of the GPU idle, and the calls
+    # of different shapes are independent (H100: m3's step 967 -> 871 us at 20 seeds, bit-identical).
+    for members, results in zip(calls, side_by_side(run, calls, mats[0].device, mats)):
         for i, result in zip(members, results):
             out[i] = result
     return [o.reshape(t.shape) for o, t in zip(out, tensors)]
-
-
-_STREAMS = {}   # device -> side streams, created once and reused by every step (and captured graph)
-
-
-def _side_by_side(fn, jobs, inputs):
-    """[fn(job) for job in jobs], on CUDA each job on its own stream (in a captured graph: parallel
-    branches). Why: each Newton-Schulz call is a chain of small kernels that leaves most of the GPU
-    idle; the calls of different shapes are independent, so they overlap. Same kernels, same results
-    (H100: m3's step 967 -> 871 us at 20 seeds, its runs retrained bit-identical; bench/README.md)."""
-    if len(jobs) < 2 or not inputs[0].is_cuda:
-        return [fn(job) for job in jobs]
-    main = torch.cuda.current_stream(inputs[0].device)
-    streams = _STREAMS.setdefault(inputs[0].device, [])
-    streams += [torch.cuda.Stream(inputs[0].device) for _ in range(len(jobs) - len(streams))]
-    results = []
-    for job, stream in zip(jobs, streams):
-        stream.wait_stream(main)
-        for t in inputs:
-            t.record_stream(stream)           # read there: not reused before that stream is done
-        with torch.cuda.stream(stream):
-            results.append(fn(job))
-    for stream, result in zip(streams, results):
-        main.wait_stream(stream)
-        for t in result:
-            t.record_stream(main)             # made there, used here
-    return results
