@@ -2,7 +2,7 @@
 
     python bench/profile_step.py [--run cms] [--device auto] [--seeds 10] [--steps 300] [--no-graphs]
                                  [--no-flat] [--tf32 | --fp32] [--no-triton] [--cuda-slices N] [--arg KEY=VALUE ...]
-                                 [--no-profile]
+                                 [--no-profile] [--end-task]
 
 --no-flat builds the CMS scheduler without flat buffers (per-tensor parameters, gradients and
 optimizer: the layout before flat buffers), --arg overrides one of the run's optimizer_args (e.g.
@@ -10,7 +10,8 @@ optimizer: the layout before flat buffers), --arg overrides one of the run's opt
 train.tf32, as the study), --no-triton steps deep momentum,
 M3 and Muon through their torch reference instead of their Triton kernels, --cuda-slices N steps a flat Adam
 buffer in about N slices on side streams (0: one launch over the whole buffer), so variants can be
-timed back to back on one machine. The last line is
+timed back to back on one machine. --end-task also times the method's end of a task (EWC's Fisher, SI's
+importance) three times, outside the steps. The last line is
 machine-readable:  RESULT run=... device=... graphs=... flat=... args=... us_per_step=...
 """
 import argparse
@@ -57,6 +58,7 @@ def main():
     ap.add_argument("--cuda-slices", type=int, default=None, metavar="N",
                     help="about N slices per flat Adam buffer on CUDA (pmnist.optim.cms.CUDA_SLICES); 0: one launch")
     ap.add_argument("--no-profile", action="store_true", help="only time the steps")
+    ap.add_argument("--end-task", action="store_true", help="also time the method's end_task (3 times)")
     args = ap.parse_args()
     params = load_params(ROOT / "params.yaml")
     run, device = dict(params["runs"][args.run]), train.resolve_device(args.device)
@@ -102,7 +104,13 @@ def main():
     for i in range(args.steps):
         step(batch(i))
     sync(device)
-    print(f"RESULT {label} us_per_step={(time.perf_counter() - t) / args.steps * 1e6:.0f}")
+    us_per_step = (time.perf_counter() - t) / args.steps * 1e6
+    for _ in range(3 if args.end_task else 0):
+        t = time.perf_counter()
+        method.end_task(0, train_x, perms[:, 0])
+        sync(device)
+        print(f"end_task of {args.run}: {time.perf_counter() - t:.3f} s")
+    print(f"RESULT {label} us_per_step={us_per_step:.0f}")
 
 
 if __name__ == "__main__":
