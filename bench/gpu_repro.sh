@@ -2,6 +2,8 @@
 # Full-protocol `dvc repro` on a lent GPU machine whose image has torch but no DVC.
 # Usage there (the repo copied in, DVC wheels in .whl/, MNIST .gz files in .mnist/):
 #   bash bench/gpu_repro.sh [dvc repro args...]     -> $OUT/study.tgz (dvc.lock + results/)
+# Bring back the train stages' results (results/runs, results/metrics), `dvc commit -f` them here, and
+# rerun the analysis here (`dvc repro`): this image's numpy and scipy are not requirements.txt's.
 # Preparation here: mkdir -p .whl .mnist; cp ../shared/device-wheels/*.whl .whl/; cp ../shared/mnist/* .mnist/
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$HOME/site" .whl/*.whl

@@ -22,6 +22,13 @@ from pmnist.metrics import HEADLINE, METRICS
 TESTED = HEADLINE
 CONFIDENCE = 0.95
 TARGET_HALF_WIDTH = 1.0  # points: how precisely we want each primary difference pinned down
+# Paired differences are rounded to this many decimals (of a point) before any statistic. Why: the metrics
+# are means of per-task accuracies (counts / test images), so two seeds' differences that are equal in
+# exact arithmetic can differ by ~1e-14 after floating point, and which of them do depends on the machine
+# and library versions. Scipy's Wilcoxon then sees no tie (exact p) or a tie (normal approximation): for
+# cms_p631 vs baseline on learning accuracy 1.9e-06 on one machine, 8.8e-05 on another. Distinct values of
+# these metrics differ by at least 100 / (tasks x test images) points (1e-3 here), far above 1e-9.
+DIFF_DECIMALS = 9
 
 
 def holm(p):
@@ -69,12 +76,13 @@ def paired_test(x, y, n_resamples=10000, seed=0):
     - ci95: the t-interval mean(d) +- t_{n-1} sd(d) / sqrt(n), consistent with the t-test's p
     - Cohen's d_z = mean(d) / sd(d), sd with ddof = 1
     - checks: Wilcoxon signed-rank on d (zero differences dropped), BCa bootstrap CI of mean(d)
+    d is rounded to DIFF_DECIMALS decimals first, so floating-point noise makes no ties and breaks none.
     Undefined values are None, and "note" says why (1 seed, zero variance, NaN metrics)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"paired values must be two 1-D arrays of equal length, got {x.shape} and {y.shape}")
     both = ~(np.isnan(x) | np.isnan(y))
-    d = x[both] - y[both]
+    d = np.round(x[both] - y[both], DIFF_DECIMALS)   # ties equal in exact arithmetic compare equal (above)
     n = len(d)
     r = dict(n_pairs=n, mean_diff=None, sd_diff=None, ci95_low=None, ci95_high=None, ci95_half_width=None,
              t=None, df=None, p_value=None, cohens_dz=None, wilcoxon_w=None, wilcoxon_p=None,

@@ -99,6 +99,13 @@ def test_no_code_dep_that_the_stage_does_not_load(name):
     assert not unused, f"stage {name!r} lists {', '.join(unused)} under deps but never loads it"
 
 
+def test_no_dep_listed_twice():
+    for name in STAGES:
+        deps = code_deps(name)
+        twice = sorted({d for d in deps if deps.count(d) > 1})
+        assert not twice, f"stage {name!r} lists {', '.join(twice)} twice under deps"
+
+
 def test_every_dep_exists():
     for name in STAGES:
         for dep in code_deps(name):

@@ -72,6 +72,19 @@ def test_edge_cases():
     assert allnan["mean_diff"] is None and "no seed" in allnan["note"]
 
 
+
+def test_floating_point_noise_neither_makes_nor_breaks_a_tie():
+    """0.1 + 0.2 and 0.3 are one difference in exact arithmetic; as floats they differ in the last bit, and
+    which metrics come out so depends on the machine. Unrounded, Wilcoxon ranks them apart (statistic 6.0,
+    p 0.109) instead of tied (6.5, p 0.117): the committed report's Wilcoxon p changed with the machine
+    that ran the analysis. Every statistic must be the same for both."""
+    noisy = [0.1 + 0.2, -0.3, 0.5, 0.7, -0.9, 1.1, 1.3, 1.6]
+    exact = [0.3, -0.3, 0.5, 0.7, -0.9, 1.1, 1.3, 1.6]
+    assert noisy[0] != exact[0]
+    zero = [0.0] * len(exact)
+    assert paired_test(noisy, zero) == paired_test(exact, zero)
+    assert paired_test(exact, zero)["wilcoxon_w"] == 6.5  # the tie, ranked as one
+
 STATS = {"primary": [{"run": "cms", "control": "base", "metric": "forgetting_pct"}],
          "reference": "base", "comparisons": [["base", "cms"], ["cms", "ctl"]],
          "interactions": [{"name": "ix", "a": ["cms", "base"], "b": ["ctl", "base"]}]}
