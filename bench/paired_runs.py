@@ -36,8 +36,12 @@ def main():
         x = np.array([100 * fn(a[s]) for s in seeds])
         y = np.array([100 * fn(b[s]) for s in seeds])
         r = paired_test(x, y)
+        spread = f"seed std a {x.std(ddof=1):.2f}, b {y.std(ddof=1):.2f}"
+        if r["p_value"] is None:   # no t-test: every seed's difference the same (all zero: identical runs)
+            print(f"  {label:24s} a {x.mean():6.2f}  b {y.mean():6.2f}  a-b {r['mean_diff']:+.2f} on every seed | {spread}")
+            continue
         print(f"  {label:24s} a {x.mean():6.2f}  b {y.mean():6.2f}  a-b {r['mean_diff']:+.2f} "
-              f"[{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}] p {r['p_value']:.3f} | seed std a {x.std(ddof=1):.2f}, b {y.std(ddof=1):.2f}")
+              f"[{r['ci95_low']:+.2f}, {r['ci95_high']:+.2f}] p {r['p_value']:.3f} | {spread}")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,30 @@ def test_ewc_penalty_is_zero_at_the_anchor_and_grows_with_importance_weighted_di
     torch.testing.assert_close(ewc.penalty(), torch.tensor([0.0, 4.0 / 2 * 3.0 * 1.0 ** 2]))
 
 
+@pytest.mark.parametrize("name, args, scale", [("ewc", {"ewc_lambda": 4.0}, 4.0), ("si", {"c": 0.5}, 1.0)])
+def test_penalty_gradient_in_closed_form_is_autograds(name, args, scale):
+    """EWC's penalty λ/2 Σ F (θ − θ*)² and SI's c Σ Ω (θ − θ*)²: the value per seed, and the gradient that
+    backward() writes into .grad (in closed form: scale w (θ − θ*)), against autograd of the same sum."""
+    model = MLP([0, 1], hidden_dims=[3])
+    method = build_method(name, args, model=model, seeds=[0, 1])
+    weights = method.fisher if name == "ewc" else method.importance
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w, p in zip(weights, method.params):
+            w.copy_(torch.rand(w.shape, generator=g))
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+    leaves = [p.detach().clone().requires_grad_() for p in method.params]
+    per_seed = scale / 2 * sum((w * (x - a) ** 2).flatten(1).sum(1) for w, x, a in zip(weights, leaves, method.anchor))
+    expected = torch.autograd.grad(per_seed.sum(), leaves)
+    torch.testing.assert_close(method.penalty(), per_seed.detach())
+    for p in method.params:
+        p.grad = torch.zeros_like(p)
+    untouched = 0 * sum(p.sum() for p in method.params) * torch.ones(2)   # a task loss with zero gradient
+    method.backward(untouched, method.penalty())
+    for p, e in zip(method.params, expected):
+        torch.testing.assert_close(p.grad, e)
+
+
 def test_online_ewc_accumulates_the_fisher_decayed_by_gamma():
     model = MLP([0, 1], hidden_dims=[3])
     ewc = build_method("ewc", {"gamma": 0.25}, model=model, seeds=[0, 1])
@@ -118,6 +142,35 @@ def test_ewc_fisher_is_the_true_fisher_of_per_sample_gradients(mnist):
     true = p * (1 - p)
     torch.testing.assert_close(fisher[:, 0], true[:, 0], rtol=0.15, atol=0)             # 0.21; MC error ~3%
     torch.testing.assert_close(fisher[:, 1:].mean(1), true[:, 1:].mean(1), rtol=0.15, atol=0)  # 0.033; ~5%
+
+
+@pytest.mark.parametrize("model_name, cfg", [("mlp", {"hidden_dims": [6, 5]}),
+                                             ("nested_ssm", {"hidden_dim": 8, "state_dim": 4, "sequence_length": 28,
+                                                             "memory_hidden": 6})])
+def test_ewc_fisher_in_chunks_equals_one_image_per_backward(model_name, cfg, mnist, monkeypatch):
+    """The per-image copies (several chunks, the last one short) against the plain definition: one
+    image, one backward, square, average; same images and same sampled labels (the same generators)."""
+    import pmnist.methods.ewc as ewc_module
+    from pmnist.models import build_model
+    from pmnist.train import gather_batch
+    seeds, n = [0, 1], 10
+    model = build_model(model_name, seeds, cfg)
+    one_image = sum(p.numel() for p in model.parameters())
+    monkeypatch.setattr(ewc_module, "FISHER_CHUNK", 3 * one_image)      # chunks of 3, 3, 3, 1 images
+    chunked, plain = (build_method("ewc", {"fisher_samples": n}, model=model, seeds=seeds) for _ in range(2))
+    images, perm = mnist[0][:500], make_permutations(0, 2, 1)[:, 0]
+    got = chunked.task_fisher(images, perm)
+    idx = torch.stack([torch.randperm(len(images), generator=g)[:n] for g in plain.rngs])
+    u = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in plain.rngs])
+    expected = [torch.zeros_like(p) for p in plain.params]
+    for k in range(n):
+        logp = torch.log_softmax(model(gather_batch(images, perm, idx[:, k:k + 1]))[:, 0], -1)
+        label = (logp.detach().exp().cumsum(-1) < u[:, k:k + 1]).sum(-1, keepdim=True).clamp_(max=9)
+        for e, g in zip(expected, torch.autograd.grad(logp.gather(1, label).sum(), plain.params)):
+            e.add_(g.square() / n)
+    assert any(e.abs().sum() > 0 for e in expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-9)
 
 
 # ---- SI -------------------------------------------------------------------------------------------

@@ -13,14 +13,22 @@ Monte Carlo from `fisher_samples` training images of task t, drawn per seed with
 
     F_t = 1/n Σ_k (∂/∂θ log p_θ(ŷ_k | x_k))²,   ŷ_k ~ p_θ(· | x_k), one label sampled from the model.
 
-One image per backward pass: the Fisher is the mean of squared per-sample gradients, not the square
-of a batch gradient. Cost: fisher_samples forward+backward passes per task, outside the training step.
+The Fisher is the mean of squared per-sample gradients, not the square of a batch gradient: each image
+gets its own copy of its seed's network (every parameter repeated along the seed axis, which the models
+already batch over and which never mixes seeds), so one backward through a chunk of images gives each
+image's own gradient. Cost per task: about fisher_samples × parameters / FISHER_CHUNK forward+backward
+passes (not one per image: 200 per task were ≈ 0.45 s of an H100's time at 20 seeds, 1000 per task
+most of the literature's oEWC run), outside the training step.
+The penalty's gradient is written in closed form (base.AnchorPenalty).
 Defaults: λ = 100 (an untuned starting point: choose it on the validation split), γ = 1, n = 200.
 """
 import torch
+from torch.func import functional_call
 
-from pmnist.methods.base import Method, seed_generators, weighted_sq_distance
+from pmnist.methods.base import AnchorPenalty, Method, seed_generators
 from pmnist.train import gather_batch
+
+FISHER_CHUNK = 2 ** 25   # parameter entries copied per chunk of images (128 MiB in float32), at least one image
 
 
 class OnlineEWC(Method):
@@ -32,9 +40,14 @@ class OnlineEWC(Method):
         # penalty on the first task, and the step computes it the same way on every task.
         self.fisher = [torch.zeros_like(p) for p in self.params]
         self.anchor = [p.detach().clone() for p in self.params]
+        self.pull = AnchorPenalty(self.params, self.anchor, self.fisher, scale=ewc_lambda)
 
     def penalty(self):
-        return self.ewc_lambda / 2 * weighted_sq_distance(self.params, self.anchor, self.fisher)
+        return self.pull.value()
+
+    def backward(self, task_loss, penalty):
+        task_loss.sum().backward()
+        self.pull.add_grad()   # the penalty's gradient, λ F (θ − θ*), in closed form
 
     @torch.no_grad()
     def end_task(self, task, images, perm):
@@ -50,12 +63,20 @@ class OnlineEWC(Method):
         # Per seed: which images, and the uniforms that pick each sampled label (inverse CDF).
         idx = torch.stack([torch.randperm(images.shape[0], generator=g)[:n] for g in self.rngs]).to(device)
         u = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in self.rngs]).to(device)
+        names = [name for name, _ in self.model.named_parameters()]
+        n_seeds = len(self.seeds)
+        chunk = max(1, FISHER_CHUNK // sum(p.numel() for p in self.params))   # images per chunk, all seeds
         fisher = [torch.zeros_like(p) for p in self.params]
-        for k in range(n):
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            x = gather_batch(images, perm, idx[:, start:start + m]).flatten(0, 1)[:, None]   # [S*m, 1, D]
+            # copy k of seed s, at s*m + k, sees image k of seed s alone
+            copies = {name: p.detach().repeat_interleave(m, 0).requires_grad_() for name, p in zip(names, self.params)}
             with torch.enable_grad():
-                logp = torch.log_softmax(self.model(gather_batch(images, perm, idx[:, k:k + 1]))[:, 0], -1)  # [S, C]
+                logp = torch.log_softmax(functional_call(self.model, copies, (x,))[:, 0], -1)   # [S*m, C]
                 cdf = logp.detach().exp().cumsum(-1)
-                label = (cdf < u[:, k:k + 1]).sum(-1, keepdim=True).clamp_(max=logp.shape[-1] - 1)  # [S, 1]
-                grads = torch.autograd.grad(logp.gather(1, label).sum(), self.params)  # per seed: its own
-            torch._foreach_addcmul_(fisher, grads, grads, value=1 / n)
+                label = (cdf < u[:, start:start + m].reshape(-1, 1)).sum(-1, keepdim=True).clamp_(max=logp.shape[-1] - 1)
+                grads = torch.autograd.grad(logp.gather(1, label).sum(), list(copies.values()))   # each copy: its own
+            for f, g in zip(fisher, grads):
+                f.add_(g.view(n_seeds, m, *g.shape[1:]).square().sum(1), alpha=1 / n)
         return fisher

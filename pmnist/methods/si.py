@@ -18,7 +18,7 @@ Defaults c = 0.1, ξ = 0.1: starting points from the permuted-MNIST literature, 
 """
 import torch
 
-from pmnist.methods.base import Method, weighted_sq_distance
+from pmnist.methods.base import AnchorPenalty, Method
 
 
 class SynapticIntelligence(Method):
@@ -31,23 +31,23 @@ class SynapticIntelligence(Method):
         self.anchor = [p.detach().clone() for p in self.params]        # θ*, the last task's end
         self.before = [p.detach().clone() for p in self.params]        # θ before the current step
         self.task_grad = [torch.zeros_like(p) for p in self.params]    # g of the latest step
+        self.pull = AnchorPenalty(self.params, self.anchor, self.importance, scale=2 * c)
 
     def penalty(self):
-        return self.c * weighted_sq_distance(self.params, self.anchor, self.importance)
+        return self.pull.value()
 
     def backward(self, task_loss, penalty):
-        # ω needs the task-loss gradient alone, so it is taken apart from the penalty's; both then
-        # add to .grad, as one backward of their sum would.
+        # ω needs the task-loss gradient alone, so it is taken apart from the penalty's (2cΩ(θ − θ*),
+        # in closed form); both then add to .grad, as one backward of their sum would.
         grads = torch.autograd.grad(task_loss.sum(), self.params)
         torch._foreach_copy_(self.task_grad, grads)
-        penalty.sum().backward()
+        self.pull.add_grad()
         torch._foreach_add_([p.grad for p in self.params], grads)
 
     @torch.no_grad()
     def after_step(self):
         moved = torch._foreach_sub(self.params, self.before)     # Δθ of this step
-        torch._foreach_mul_(moved, self.task_grad)
-        torch._foreach_sub_(self.omega, moved)                   # ω −= g·Δθ
+        torch._foreach_addcmul_(self.omega, self.task_grad, moved, value=-1)   # ω −= g·Δθ
         torch._foreach_copy_(self.before, self.params)
 
     @torch.no_grad()
