@@ -40,14 +40,14 @@ class OnlineEWC(Method):
         # penalty on the first task, and the step computes it the same way on every task.
         self.fisher = [torch.zeros_like(p) for p in self.params]
         self.anchor = [p.detach().clone() for p in self.params]
-        self.pull = AnchorPenalty(self.params, self.anchor, self.fisher, scale=ewc_lambda)
+        self.anchor_penalty = AnchorPenalty(self.params, self.anchor, self.fisher, scale=ewc_lambda)
 
     def penalty(self):
-        return self.pull.value()
+        return self.anchor_penalty.value()
 
     def backward(self, task_loss, penalty):
         task_loss.sum().backward()
-        self.pull.add_grad()   # the penalty's gradient, λ F (θ − θ*), in closed form
+        self.anchor_penalty.add_grad()   # the penalty's gradient, λ F (θ − θ*), in closed form
 
     @torch.no_grad()
     def end_task(self, task, images, perm):

@@ -31,17 +31,17 @@ class SynapticIntelligence(Method):
         self.anchor = [p.detach().clone() for p in self.params]        # θ*, the last task's end
         self.before = [p.detach().clone() for p in self.params]        # θ before the current step
         self.task_grad = [torch.zeros_like(p) for p in self.params]    # g of the latest step
-        self.pull = AnchorPenalty(self.params, self.anchor, self.importance, scale=2 * c)
+        self.anchor_penalty = AnchorPenalty(self.params, self.anchor, self.importance, scale=2 * c)
 
     def penalty(self):
-        return self.pull.value()
+        return self.anchor_penalty.value()
 
     def backward(self, task_loss, penalty):
         # ω needs the task-loss gradient alone, so it is taken apart from the penalty's (2cΩ(θ − θ*),
         # in closed form); both then add to .grad, as one backward of their sum would.
         grads = torch.autograd.grad(task_loss.sum(), self.params)
         torch._foreach_copy_(self.task_grad, grads)
-        self.pull.add_grad()
+        self.anchor_penalty.add_grad()
         torch._foreach_add_([p.grad for p in self.params], grads)
 
     @torch.no_grad()
