@@ -63,7 +63,6 @@ class OnlineEWC(Method):
         # Per seed: which images, and the uniforms that pick each sampled label (inverse CDF).
         idx = torch.stack([torch.randperm(images.shape[0], generator=g)[:n] for g in self.rngs]).to(device)
         u = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in self.rngs]).to(device)
-        names = [name for name, _ in self.model.named_parameters()]
         n_seeds = len(self.seeds)
         chunk = max(1, FISHER_CHUNK // sum(p.numel() for p in self.params))   # images per chunk, all seeds
         fisher = [torch.zeros_like(p) for p in self.params]
@@ -71,12 +70,13 @@ class OnlineEWC(Method):
             m = min(chunk, n - start)
             x = gather_batch(images, perm, idx[:, start:start + m]).flatten(0, 1)[:, None]   # [S*m, 1, D]
             # copy k of seed s, at s*m + k, sees image k of seed s alone
-            copies = {name: p.detach().repeat_interleave(m, 0).requires_grad_() for name, p in zip(names, self.params)}
+            copies = {name: p.detach().repeat_interleave(m, 0).requires_grad_() for name, p in self.model.named_parameters()}
             with torch.enable_grad():
                 logp = torch.log_softmax(functional_call(self.model, copies, (x,))[:, 0], -1)   # [S*m, C]
                 cdf = logp.detach().exp().cumsum(-1)
                 label = (cdf < u[:, start:start + m].reshape(-1, 1)).sum(-1, keepdim=True).clamp_(max=logp.shape[-1] - 1)
-                grads = torch.autograd.grad(logp.gather(1, label).sum(), list(copies.values()))   # each copy: its own
+                # each copy gets its own gradient; in named_parameters() order, which is self.params'
+                grads = torch.autograd.grad(logp.gather(1, label).sum(), list(copies.values()))
             for f, g in zip(fisher, grads):
                 f.add_(g.view(n_seeds, m, *g.shape[1:]).square().sum(1), alpha=1 / n)
         return fisher
