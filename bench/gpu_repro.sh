@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Full-protocol `dvc repro` on a lent GPU machine whose image has torch but no DVC.
-# Usage there (the repo copied in, DVC wheels in .whl/, MNIST .gz files in .mnist/):
-#   bash bench/gpu_repro.sh [dvc repro args...]     -> $OUT/study.tgz (dvc.lock + results/)
-# Bring back the train stages' results (results/runs, results/metrics), `dvc commit -f` them here, and
-# rerun the analysis here (`dvc repro`): this image's numpy and scipy are not requirements.txt's.
-# Preparation here: mkdir -p .whl .mnist; cp ../shared/device-wheels/*.whl .whl/; cp ../shared/mnist/* .mnist/
+# The whole study, `dvc repro`, on a GPU machine whose Python has torch (and triton) but no DVC, e.g. a
+# container image. Before: copy the repository there with DVC and its dependencies as wheels in .whl/
+# (built for that machine's Python) and MNIST's four .gz files in .mnist/. There:
+#   bash bench/gpu_repro.sh [dvc repro args...]     -> ${OUT:-.}/study.tgz (dvc.lock + results/), repro.log
+# Back in your clone: copy results/runs and results/metrics in, `dvc commit -f` the train stages, and
+# run the analysis with requirements.txt's numpy and scipy (`dvc repro`): another numpy or scipy writes
+# other bytes (tests/test_committed_results.py checks the committed ones).
 set -euo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$HOME/site" .whl/*.whl
 export PYTHONPATH="$HOME/site" PATH="$HOME/site/bin:$PATH" MNIST_MIRROR="$PWD/.mnist" PYTHONUNBUFFERED=1

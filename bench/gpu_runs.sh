@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# Train runs on a lent GPU machine with no DVC there: the data stages run as plain `python -m
-# stages.<name>`, then every named run (none named: every run of params.yaml, the slow ones first) as
-# its own process, JOBS at a time (default 1: processes only time-slice one GPU; seven runs at once took
-# 355 s on an H200, the same seven one after another 214 s on the slower H100; bench/README.md). Back
-# here, copy results/runs/<run> and results/metrics/<run>.json in and `dvc commit -f train@<run> ...`:
-# the lock then records what `dvc repro` would have.
+# Train runs on a GPU machine without DVC: the data stages run as plain `python -m stages.<name>`, then
+# every named run (none named: every run of params.yaml, the slow ones first) as its own process, JOBS
+# at a time (default 1: processes only time-slice one GPU, so several at once are slower than one after
+# another; bench/README.md). Back in your clone, copy results/runs/<run> and results/metrics/<run>.json
+# in and `dvc commit -f train@<run> ...`: the lock then records what `dvc repro` would have.
 #   [JOBS=N] bash bench/gpu_runs.sh [RUN ...]   -> ${JOB_OUT:-out}/ (progress, logs, device.txt, finished, DONE)
-# Run it detached and poll for out/DONE (bench/README.md: long device jobs).
+# out/progress grows as runs finish and out/DONE marks the end, for a job left running in the background.
 set -uo pipefail
-O="${JOB_OUT:-out}"; mkdir -p "$O/logs"  # not $OUT: a detached job outlives the call that owns $OUT
-export MNIST_MIRROR="$PWD/.mnist" PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1  # a crash prints its Python stack
-# The lent image sets PYTHONDONTWRITEBYTECODE=1, so every process compiles torch's sources again
-# (`import torch` 3.2-3.5 s there, 1.5 s with bytecode cached): write it once, outside the tree.
+O="${JOB_OUT:-out}"; mkdir -p "$O/logs"
+export MNIST_MIRROR="${MNIST_MIRROR:-$PWD/.mnist}" PYTHONUNBUFFERED=1 PYTHONFAULTHANDLER=1  # a crash prints its Python stack
+# Some container images set PYTHONDONTWRITEBYTECODE=1, so every process compiles torch's sources again
+# (`import torch` 3.2-3.5 s instead of 1.5 s): write the bytecode once, outside the tree.
 unset PYTHONDONTWRITEBYTECODE; export PYTHONPYCACHEPREFIX="${PYTHONPYCACHEPREFIX:-/tmp/pycache}"
 T0=$(date +%s); p() { echo "$(( $(date +%s) - T0 )) s $*" >> "$O/progress"; }
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; python3 -c "import torch; print('torch', torch.__version__)"; } > "$O/device.txt"

@@ -12,7 +12,8 @@ M3 and Muon through their torch reference instead of their Triton kernels, --cud
 buffer in about N slices on side streams (0: one launch over the whole buffer), so variants can be
 timed back to back on one machine. --end-task also times the method's end of a task (EWC's Fisher, SI's
 importance) three times, outside the steps. The last line is
-machine-readable:  RESULT run=... device=... graphs=... flat=... args=... us_per_step=...
+machine-readable:  RESULT run=... seeds=... device=... graphs=... flat=... args=... us_per_step=...
+(`python bench/floor.py --results FILE` reads those lines and divides each by the run's floor).
 """
 import argparse
 import functools
@@ -87,7 +88,7 @@ def main():
     for i in range(200):  # warm-up and graph capture
         step(batch(i))
     sync(device)
-    label = (f"run={args.run} device={device.type} graphs={graphs and device.type == 'cuda'} flat={not args.no_flat} "
+    label = (f"run={args.run} seeds={args.seeds} device={device.type} graphs={graphs and device.type == 'cuda'} flat={not args.no_flat} "
              f"tf32={tf32} triton={not args.no_triton} cuda_slices={cms.CUDA_SLICES} args={','.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
     if not args.no_profile:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

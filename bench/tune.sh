@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The validation grid of README "Choosing hyperparameters", run as DVC queued experiments on one
-# machine (a lent GPU: torch in its image, DVC from .whl/). Each line of GRID_FILE holds the arguments
-# of one `dvc exp run --queue` (e.g. `-S 'runs.cms.lr=5e-5,1e-4' train@cms`); every experiment gets
+# The validation grid of README "Choosing hyperparameters", run as DVC queued experiments on one GPU
+# machine (torch installed; DVC's wheels in .whl/, MNIST's .gz files in .mnist/). Each line of GRID_FILE
+# holds the arguments of one `dvc exp run --queue` (e.g. `-S 'runs.cms.lr=5e-5,1e-4' train@cms`); every experiment gets
 # the tuning protocol: validation split, tuning seeds, the full number of epochs of params.yaml.
 #   bash bench/tune.sh GRID_FILE [WORKERS]   -> ${OUT:-.}/exps.json (`dvc exp show --json`), tune.log
-# Then, here: python -m stages.select --exps exps.json <runs> --write
+# Then, in your clone: python -m stages.select --exps exps.json <runs> --write
 set -euo pipefail
 grid="$1"; workers="${2:-4}"; out="${OUT:-.}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$HOME/site" .whl/*.whl
