@@ -17,14 +17,15 @@ What is counted (float32 = 4 bytes):
     at the FP32 rate. Elementwise work is counted in bytes only.
   * Bytes: what no kernel can avoid: the parameters read by the forward pass, the gradient written (read
     and written when a CMS level with period > 1 sums a chunk), the optimizer's reads and writes of the
-    parameter, gradient and state once per update of the level (Adam 7 tensors, Muon 5, M3 10 with its
-    slow branch, deep momentum 5) plus Newton-Schulz's bf16 input and output, a method's per-step tensors
-    (EWC's penalty 5, SI's 11) and the batch's uint8 images. Activations are not counted: a fused kernel
+    parameter, gradient and state once per update of the level (Adam 7 tensors, SGD 5 with momentum and
+    3 without, Muon 5, M3 10 with its slow branch and 7 without, deep momentum 5) plus Newton-Schulz's
+    bf16 input and output, a method's per-step tensors (EWC's penalty 5, SI's 11) and the batch's uint8
+    images. Activations are not counted: a fused kernel
     could keep them on chip. So the floor is a lower bound no implementation reaches, not a target.
   * Replay: the steady state (task >= 1), where each step also trains on a replay batch.
 Peaks: H100 SXM5 80 GB HBM3 datasheet (dense): FP32 66.9, TF32 494.7, BF16 989.4 TFLOP/s, 3.35 TB/s;
 H200: the same compute, 4.8 TB/s.
-CPU: this 2-core Xeon (Ice Lake, 2.8 GHz, AVX-512, two FMA units): 2 x 2.8e9 x 64 = 358 GFLOP/s FP32
+CPU: the 2-core Xeon of the CPU figures in bench/README.md (Ice Lake, 2.8 GHz, AVX-512, two FMA units): 2 x 2.8e9 x 64 = 358 GFLOP/s FP32
 for every kind of FLOP; its memory bandwidth is not known, so its floor counts FLOPs only.
 """
 import argparse
@@ -104,7 +105,8 @@ def step_floor(run, seeds, in_dim, dev, tf32=True):
         dm = S * n_params * 2 * mlp_macs * 4                        # forward, backward (2x), forward again
         flops += dm
         seconds += dm / dev["fp32"]
-    tensors = OPT_TENSORS[opt] - (3 if opt == "m3" and oargs.get("alpha", 0) == 0 else 0)
+    tensors = OPT_TENSORS[opt] - (3 if opt == "m3" and oargs.get("alpha", 0) == 0 else 0) \
+        - (2 if opt == "sgd" and not oargs.get("momentum") else 0)                   # no buffer to read and write
     bytes_ = S * B * in_dim                                          # the batch's uint8 pixels
     for level, r, c, _, p in ls:
         period = periods[level]
@@ -144,7 +146,7 @@ def main():
         return flops, bytes_, t * 1e6, ("FLOPs" if not dev["bw"] or secs >= bytes_ / dev["bw"] else "bytes")
 
     print(f"device: {dev['name']}; matmuls {'TF32' if tf32 else 'FP32'}; {T} tasks")
-    print(f"{'run':22} {'seeds':>5} {'batch':>5} {'GFLOP/step':>10} {'MB/step':>8} {'floor us':>8} {'bound':>5} "
+    print(f"{'run':28} {'seeds':>5} {'batch':>5} {'GFLOP/step':>10} {'MB/step':>8} {'floor us':>8} {'bound':>5} "
           f"{'steps':>7} {'floor s':>7}")
     total = 0.0
     for name, run in params["runs"].items():
@@ -155,7 +157,7 @@ def main():
         eval_s = T * T * TEST_IMAGES * S * 2 * eval_macs / (dev["tf32"] if tf32 else dev["fp32"])
         run_s = steps * us * 1e-6 + eval_s
         total += run_s
-        print(f"{name:22} {S:5d} {run['batch_size']:5d} {flops / 1e9:10.2f} {bytes_ / 1e6:8.1f} {us:8.1f} {bound:>5} "
+        print(f"{name:28} {S:5d} {run['batch_size']:5d} {flops / 1e9:10.2f} {bytes_ / 1e6:8.1f} {us:8.1f} {bound:>5} "
               f"{steps:7d} {run_s:7.2f}")
     print(f"whole study, training + evaluation at the floor: {total:.1f} s")
     measured = list(args.measured)
@@ -165,14 +167,14 @@ def main():
                 f = dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
                 measured.append(f"{f['run']}@{f['seeds']}={f['us_per_step']}")
     if measured:
-        print(f"\n{'measured':22} {'seeds':>5} {'floor us':>8} {'measured us':>11} {'ratio':>6}")
+        print(f"\n{'measured':28} {'seeds':>5} {'floor us':>8} {'measured us':>11} {'ratio':>6}")
     for item in measured:
         key, us_measured = item.split("=")
         name, seeds = key.split("@")
         if name not in params["runs"]:
             raise SystemExit(f"--measured: no run {name!r} in {args.params}")
         _, _, us, _ = floor_us(params["runs"][name], int(seeds))
-        print(f"{name:22} {int(seeds):5d} {us:8.1f} {float(us_measured):11.0f} {float(us_measured) / us:6.1f}x")
+        print(f"{name:28} {int(seeds):5d} {us:8.1f} {float(us_measured):11.0f} {float(us_measured) / us:6.1f}x")
 
 
 if __name__ == "__main__":
