@@ -97,7 +97,7 @@ _TMP = []
 
 def shared_tmp() -> Path:
     """One temporary directory per process for the end-to-end tests, removed at exit (kept when
-    PMNIST_KEEP_TMP is set). Not pytest's tmp_path: other pytest sessions on the machine rotate those away."""
+    PMNIST_KEEP_TMP is set). Not pytest's tmp_path: other pytest runs on the machine rotate those away."""
     if not _TMP:
         _TMP.append(Path(tempfile.mkdtemp(prefix="pmnist-e2e-")))
         if not os.environ.get("PMNIST_KEEP_TMP"):

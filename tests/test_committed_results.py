@@ -2,10 +2,10 @@
 stages, rerun here on the committed training results, write every committed analysis file byte for byte
 (the main study and the literature tables).
 
-Why a test: the training runs come from a lent GPU machine whose image has its own numpy and scipy,
-and for two sessions its analysis outputs were committed too; rerun with requirements.txt's versions,
-results/stats.json and report.md differed (another Wilcoxon method where floating-point noise broke a
-tie, bootstrap bounds in the fifth digit). `dvc status` cannot see that: it compares hashes, not reruns.
+Why a test: the training runs come from a GPU machine whose image has its own numpy and scipy, and
+analysis outputs made there differ from requirements.txt's versions' (another Wilcoxon method where
+floating-point noise broke a tie, bootstrap bounds in the fifth digit). `dvc status` cannot see that:
+it compares hashes, not reruns.
 """
 import os
 import shutil
