@@ -25,7 +25,7 @@ def params():
 
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory, params):
-    """The four verified IDX files, fetched once per test session from the offline mirror."""
+    """The four verified IDX files, fetched once per pytest run from the offline mirror."""
     d = tmp_path_factory.mktemp("mnist")
     download_mnist(d, [MIRROR], params["download"]["md5"])
     return d
