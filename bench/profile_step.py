@@ -27,7 +27,12 @@ from torch.profiler import ProfilerActivity, profile
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-import pmnist.optim.cms as cms  # noqa: E402
+try:  # the CMS scheduler and its flat-buffer machinery (pmnist/cms.py, pmnist/fast/buffers.py)
+    import pmnist.cms as cms  # noqa: E402
+    import pmnist.fast.buffers as buffers  # noqa: E402
+except ImportError:  # the layout before the speed machinery moved to pmnist/fast/
+    import pmnist.optim.cms as cms  # noqa: E402
+    buffers = cms
 import pmnist.optim.deep_momentum as deep_momentum  # noqa: E402
 import pmnist.optim.m3 as m3  # noqa: E402
 import pmnist.optim.muon as muon  # noqa: E402
@@ -57,7 +62,7 @@ def main():
     ap.add_argument("--no-triton", action="store_true", help="deep momentum, M3, Muon, Newton-Schulz: the torch reference, not the Triton kernels")
     ap.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="override an optimizer arg")
     ap.add_argument("--cuda-slices", type=int, default=None, metavar="N",
-                    help="about N slices per flat Adam buffer on CUDA (pmnist.optim.cms.CUDA_SLICES); 0: one launch")
+                    help="about N slices per flat Adam buffer on CUDA (CUDA_SLICES); 0: one launch")
     ap.add_argument("--no-profile", action="store_true", help="only time the steps")
     ap.add_argument("--end-task", action="store_true", help="also time the method's end_task (3 times)")
     args = ap.parse_args()
@@ -72,7 +77,7 @@ def main():
         m3.elementwise_kernels = muon.elementwise_kernels = lambda p: None
         newton_schulz.one_program_kernel = lambda G, dtype: None
     if args.cuda_slices is not None:
-        cms.CUDA_SLICES = args.cuda_slices
+        buffers.CUDA_SLICES = args.cuda_slices
     if args.no_flat:
         train.CMSScheduler = functools.partial(cms.CMSScheduler, flatten=False)
     train_x, train_y, _, _ = (t.to(device) for t in mnist(params))
@@ -89,7 +94,7 @@ def main():
         step(batch(i))
     sync(device)
     label = (f"run={args.run} seeds={args.seeds} device={device.type} graphs={graphs and device.type == 'cuda'} flat={not args.no_flat} "
-             f"tf32={tf32} triton={not args.no_triton} cuda_slices={cms.CUDA_SLICES} args={','.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
+             f"tf32={tf32} triton={not args.no_triton} cuda_slices={buffers.CUDA_SLICES} args={','.join(f'{k}={v}' for k, v in overrides.items()) or '-'}")
     if not args.no_profile:
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         t = time.perf_counter()
