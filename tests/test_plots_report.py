@@ -80,8 +80,11 @@ GRID = [{"run": "cms", "setting": "lr", "value": lr, "validation_acc_pct": acc, 
 def test_report_is_the_complete_verdict(analysed):
     _, summary, stats = analysed
     report = make_report(_params(), summary, stats, GRID)
-    # ONE table of every run: three metrics with CIs, seeds, settings, provenance
-    runs_table = [line for line in report.splitlines() if line.startswith("| `")][:len(RUNS)]
+    # the answer first, then the detail; ONE table of every run in full (appendix A): three metrics with CIs,
+    # seeds, settings, provenance
+    assert report.index("## The answer") < report.index("## Runs") < report.index("## Appendix A")
+    full = report.split("## Appendix A")[1]
+    runs_table = [line for line in full.splitlines() if line.startswith("| `")][:len(RUNS)]
     for run, line in zip(RUNS, runs_table):
         assert line.startswith(f"| `{run}`") and f"| {S} |" in line
         assert (PROVENANCE.get(run) or NO_PROVENANCE) in line
@@ -96,7 +99,7 @@ def test_report_is_the_complete_verdict(analysed):
     assert "**Learned nothing**" in report and "`dead` seed(s) 0, 1, 2, 3" in report
     # primary verdicts: sentences over the 2 primary tests, a table, and how many seeds
     assert "cms forgets less than baseline_at_cms_lr" in report and "over the 2 primary tests" in report
-    assert "### How many seeds, and why" in report and "seeds for ±1 point" in report
+    assert "## How many seeds, and why" in report and "seeds for ±1 point" in report
     # the 2x2 table of the interaction
     assert "### `schedule_x_lr`: (`cms` − `baseline_at_cms_lr`) − (`cms_same_lr` − `baseline`)" in report
     assert "| a: `cms` − `baseline_at_cms_lr` |" in report and "| interaction a − b |" in report
@@ -134,11 +137,13 @@ def test_figures_are_byte_identical_and_complete(analysed, tmp_path):
     names = []
     for out in (tmp_path / "a", tmp_path / "b"):
         out.mkdir()
-        written = make_figures(data, stats, out, list(RUNS), PLOTS["tradeoff"], PLOTS["dpi"])
+        written = make_figures(data, stats, out, RUNS, PLOTS["tradeoff"], PLOTS["dpi"])
         names.append(sorted(p.name for p in out.iterdir()))
     assert names[0] == names[1] == sorted(Path(w).name for w in written)
-    # 2 overlays + stability-plasticity + one matrix per run + a paired difference per primary pair
-    assert len(names[0]) == 3 + len(RUNS) + 2 and "stability_plasticity.png" in names[0]
+    # forest + 2 small-multiple figures + stability-plasticity + one matrix per run + a paired difference per
+    # primary pair
+    assert len(names[0]) == 4 + len(RUNS) + 2 and "stability_plasticity.png" in names[0]
+    assert "paired_differences.png" in names[0]
     for name in names[0]:
         a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
         assert a.startswith(b"\x89PNG") and a == b, name
