@@ -10,7 +10,7 @@ from pmnist.errors import ConfigError
 from pmnist.methods import METHODS
 from pmnist.models import MODELS, validate_model_config
 from pmnist.optim import OPTIMIZERS
-from pmnist.validate import (boolean, device, fail, like_default, list_of, md5_hex, name, non_negative_int,
+from pmnist.validate import (boolean, device, fail, list_of, md5_hex, name, non_negative_int,
                              one_of, positive_float, positive_int, run_pair, section, string, unit_interval,
                              unknown)
 
@@ -121,15 +121,6 @@ def _registered(key, value, registry, what):
         fail(key, f"unknown {what} {value!r}; valid: {', '.join(registry)}")
 
 
-def _args(key, given, defaults):
-    """A run's optimizer_args / method_args: known keys, each of its default's type; defaults filled."""
-    for arg, value in (given or {}).items():
-        if arg not in defaults:
-            unknown(key, arg, defaults)
-        like_default(f"{key}.{arg}", value, defaults[arg])
-    return {**defaults, **(given or {})}
-
-
 def _per_level(key, values, levels, model, fill):
     if values is None:
         return [fill] * len(levels)
@@ -151,9 +142,9 @@ def _run(run_name, raw, params):
 
     run["model_args"] = validate_model_config(run["model"], f"{key}.model_args",
                                               {**params["models"][run["model"]], **(run["model_args"] or {})})
-    run["optimizer_args"] = _args(f"{key}.optimizer_args", run["optimizer_args"], OPTIMIZERS[run["optimizer"]].defaults)
-    run["method_args"] = _args(f"{key}.method_args", run["method_args"], METHODS[run["method"]].defaults)
-    levels = MODELS[run["model"]].level_names(run["model_args"])
+    run["optimizer_args"] = OPTIMIZERS[run["optimizer"]].resolve(f"{key}.optimizer_args", run["optimizer_args"])
+    run["method_args"] = METHODS[run["method"]].resolve(f"{key}.method_args", run["method_args"])
+    levels = MODELS[run["model"]].levels(run["model_args"])
     run["periods"] = _per_level(f"{key}.periods", run["periods"], levels, run["model"], 1)
     run["lr_multipliers"] = _per_level(f"{key}.lr_multipliers", run["lr_multipliers"], levels, run["model"], 1.0)
     if run["batch_size"] is None:

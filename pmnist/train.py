@@ -13,11 +13,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pmnist.cms import CMSScheduler
 from pmnist.errors import DivergenceError
+from pmnist.fast.graphs import GraphedStep
 from pmnist.methods import METHODS, build_method
-from pmnist.models import DEFAULT_IN_DIM, build_model
+from pmnist.methods.base import gather_batch
+from pmnist.models import DEFAULT_IN_DIM, MODELS, build_model
 from pmnist.optim import OPTIMIZERS, build_optimizer
-from pmnist.optim.cms import CMSScheduler
 
 
 def resolve_device(name: str) -> torch.device:
@@ -30,8 +32,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def graph_safe(run: dict) -> bool:
-    """Whether this run's training step may be replayed from a CUDA graph (optimizer and method)."""
-    return OPTIMIZERS[run["optimizer"]].graph_safe and METHODS[run["method"]].graph_safe
+    """Whether this run's training step may be replayed from CUDA graphs: its model, optimizer and
+    method all keep the graph-safety contract (pmnist/fast/__init__.py)."""
+    return all(registry[run[axis]].graph_safe for axis, registry in
+               (("model", MODELS), ("optimizer", OPTIMIZERS), ("method", METHODS)))
 
 
 def build_run(run: dict, model_cfg: dict, seeds, device, in_dim=DEFAULT_IN_DIM):
@@ -46,16 +50,6 @@ def build_run(run: dict, model_cfg: dict, seeds, device, in_dim=DEFAULT_IN_DIM):
     # Built last, on the parameters as the scheduler leaves them (views of its flat buffers).
     method = build_method(run["method"], run["method_args"], model=model, seeds=seeds)
     return model, scheduler, method
-
-
-def gather_batch(images, perm, idx):
-    """images uint8 [N, D], idx long [S, B], perm long [S, D] (one per seed) or [S, B, D] (one per
-    sample) -> [S, B, D] in [0, 1], in the default dtype (the parameters'): seed s gets images[idx[s]]
-    with its pixels permuted by its permutation. D: pixels per image (784, or 1024 padded to 32x32)."""
-    x = images[idx]                                                     # [S, B, D]
-    if perm.dim() == 2:
-        perm = perm.unsqueeze(1).expand(-1, idx.shape[1], -1)
-    return torch.gather(x, 2, perm).to(torch.get_default_dtype()).div_(255)
 
 
 @torch.no_grad()
@@ -85,13 +79,11 @@ class TrainStep:
     Per-seed loss is the mean over the seed's batch (plus the method's penalty); the seeds' losses are
     summed, so seed s's gradient is exactly its own. A batch is (idx, tasks): tasks None means every
     sample is of the current task (`start_task`), else each sample gets its own task's permutation
-    (replay, joint). On CUDA with `cuda_graphs`, once every level has updated once, forward+backward
-    is recorded as a CUDA graph per batch shape (each level's update by the scheduler) and replayed:
-    a few launches per step instead of a few hundred. Running totals (loss, first non-finite step per
-    seed) stay on the device, so nothing syncs inside an epoch.
+    (replay, joint). Running totals (loss, first non-finite step per seed) stay on the device, so
+    nothing syncs inside an epoch.
     """
 
-    def __init__(self, model, scheduler, method, train_x, train_y, permutations, cuda_graphs):
+    def __init__(self, model, scheduler, method, train_x, train_y, permutations):
         self.model, self.scheduler, self.method = model, scheduler, method
         self.train_x, self.train_y, self.permutations = train_x, train_y, permutations
         n_seeds, device = permutations.shape[0], train_x.device
@@ -100,13 +92,15 @@ class TrainStep:
         self.loss_sum = torch.zeros(n_seeds, device=device)
         self.first_bad = torch.full((n_seeds,), -1, dtype=torch.long, device=device)
         self.step_count = torch.zeros((), dtype=torch.long, device=device)
-        self.use_graphs = cuda_graphs and device.type == "cuda"
-        self.graphs = {}  # (width, tasks given) -> (static idx, static tasks, CUDAGraph)
 
     def start_task(self, task):
         self.perm.copy_(self.permutations[:, task])
 
-    def _forward_backward(self, idx, tasks):
+    def __call__(self, idx, tasks=None):
+        self.forward_backward(idx, tasks)
+        self.update()
+
+    def forward_backward(self, idx, tasks):
         perm = self.perm if tasks is None else self.permutations[self.seed_index, tasks]  # [S, D] | [S, W, D]
         logits = self.model(gather_batch(self.train_x, perm, idx))
         loss = F.cross_entropy(logits.flatten(0, 1), self.train_y[idx].flatten(), reduction="none")
@@ -121,29 +115,9 @@ class TrainStep:
         self.first_bad.copy_(torch.where(newly_bad, self.step_count, self.first_bad))
         self.step_count += 1
 
-    def __call__(self, idx, tasks=None):
-        key = (idx.shape[1], tasks is not None)
-        if key in self.graphs:
-            static_idx, static_tasks, graph = self.graphs[key]
-            static_idx.copy_(idx)
-            if tasks is not None:
-                static_tasks.copy_(tasks)
-            graph.replay()
-        else:
-            self._forward_backward(idx, tasks)
+    def update(self):
         self.scheduler.step()
         self.method.after_step()
-        if self.use_graphs and key not in self.graphs and all(lv.updates for lv in self.scheduler.levels):
-            self._capture(key, idx, tasks)
-
-    def _capture(self, key, idx, tasks):
-        if not self.graphs:
-            self.scheduler.capture_graphs()
-        static_idx, static_tasks = idx.clone(), None if tasks is None else tasks.clone()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._forward_backward(static_idx, static_tasks)
-        self.graphs[key] = (static_idx, static_tasks, graph)
 
 
 def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutations, *, seeds, epochs,
@@ -180,7 +154,9 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
     # Each seed's data order comes from its own generator, seeded like its tasks: one randperm per epoch.
     order_rngs = [torch.Generator().manual_seed(s) for s in seeds]
     draw_order = lambda: torch.stack([torch.randperm(n, generator=g) for g in order_rngs])
-    train_step = TrainStep(model, scheduler, method, train_x, train_y, permutations, cuda_graphs)
+    train_step = TrainStep(model, scheduler, method, train_x, train_y, permutations)
+    # On CUDA, replayed from CUDA graphs once every level has updated (same results, fewer launches).
+    run_step = GraphedStep(train_step) if cuda_graphs and device.type == "cuda" else train_step
 
     accuracy = torch.zeros(n_seeds, n_tasks, n_tasks, dtype=torch.float64)
     train_loss = torch.zeros(n_seeds, n_tasks, n_epochs, dtype=torch.float64)
@@ -205,7 +181,7 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
                 steps_left -= len(batches)
             train_step.loss_sum.zero_()
             for idx, tasks in batches:
-                train_step(idx, tasks)
+                run_step(idx, tasks)
             # Draw the next epoch's order now, while a GPU still works through this epoch's queued steps (the
             # check below waits for them): the same draws in the same sequence, ~0.4 ms per seed per epoch
             # taken off the GPU's idle time.

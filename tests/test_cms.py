@@ -4,10 +4,12 @@ over the flat buffer and graph replays."""
 import pytest
 import torch
 
+from pmnist.cms import CMSScheduler
+from pmnist.fast import buffers
+from pmnist.fast.buffers import SideBySide, flat_optimizer
+from pmnist.fast.graphs import Replay, capture_scheduler
 from pmnist.models.mlp import MLP
 from pmnist.optim import OPTIMIZERS, build_optimizer
-from pmnist.optim import cms
-from pmnist.optim.cms import CMSScheduler, SideBySide, flat_optimizer
 
 LR = 0.1
 
@@ -57,7 +59,7 @@ def test_adam_step_counter_advances_only_on_updates(flatten):
     feed(slow, fast, sched, GRADS)
     (slow_group, fast_group) = sched.groups
     # flattened: Adam is built on the group's flat buffer, so its state is keyed by that tensor
-    key = (lambda g, p: g.flats[0][0]) if flatten else (lambda g, p: p)
+    key = (lambda g, p: g.buffers.flats[0][0]) if flatten else (lambda g, p: p)
     assert int(slow_group.optimizer.state[key(slow_group, slow)]["step"]) == 2
     assert int(fast_group.optimizer.state[key(fast_group, fast)]["step"]) == 6
 
@@ -126,13 +128,13 @@ def test_parameters_and_gradients_are_views_of_one_flat_buffer_per_group():
     make = lambda ps, lr: build_optimizer("adam", ps, lr, OPTIMIZERS["adam"].defaults)
     sched = CMSScheduler(model.levels(), [3, 2, 1], make, 1e-3)
     for group in sched.groups:
-        (flat, flat_grad), = group.flats
+        (flat, flat_grad), = group.buffers.flats
         assert flat.grad is flat_grad
         assert group.optimizer.param_groups[0]["params"] == [flat]          # fused Adam: one tensor
         for p in group.params:
             assert p.untyped_storage().data_ptr() == flat.untyped_storage().data_ptr()
             assert p.grad.untyped_storage().data_ptr() == flat_grad.untyped_storage().data_ptr()
-    assert sum(g.flats[0][0].numel() for g in sched.groups) == sum(p.numel() for p in model.parameters())
+    assert sum(g.buffers.flats[0][0].numel() for g in sched.groups) == sum(p.numel() for p in model.parameters())
     # a non-elementwise optimizer gets the per-parameter views (it needs each matrix's shape)
     model = MLP([0, 1], [16, 8, 4])
     sched = CMSScheduler(model.levels(), [1, 1, 1],
@@ -171,7 +173,7 @@ def _mlp_run(make, flatten, accumulate, periods=(3, 2, 1), steps=8, device="cpu"
             torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten()).backward()
         sched.step()
         if graphs and i == max(periods) - 1:
-            sched.capture_graphs()
+            capture_scheduler(sched)
         if i == steps - 1:
             sched.flush()
     return [p.detach().clone() for p in model.parameters()], sched
@@ -186,7 +188,7 @@ def test_flat_adam_is_bitwise_the_per_tensor_adam(accumulate):
     for x, y in zip(flat, ref):
         assert torch.equal(x, y), (x - y).abs().max()
     for fg, rg in zip(fs.groups, rs.groups):
-        state = fg.optimizer.state[fg.flats[0][0]]
+        state = fg.optimizer.state[fg.buffers.flats[0][0]]
         for key in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(state[key], torch.cat([rg.optimizer.state[p][key].flatten() for p in rg.params]))
         assert int(state["step"]) == fg.levels[0].updates
@@ -205,9 +207,13 @@ def test_registry_adam_fused_on_the_flat_buffer_matches_per_tensor_foreach_adam(
         torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["sgd", "muon", "m3", "deep_momentum"])
-def test_flat_buffers_change_nothing_for_the_other_optimizers(name):
-    args = {**OPTIMIZERS[name].defaults, **({"hidden_dim": 8} if name == "deep_momentum" else {})}
+def small(name):
+    return {**OPTIMIZERS[name].defaults, **OPTIMIZERS[name].small_args}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_flat_buffers_change_nothing_for_any_registered_optimizer(name):
+    args = small(name)
     make = lambda ps, lr: build_optimizer(name, ps, lr, args)
     flat, _ = _mlp_run(make, True, "sum", steps=5)
     ref, _ = _mlp_run(make, False, "sum", steps=5)
@@ -216,16 +222,16 @@ def test_flat_buffers_change_nothing_for_the_other_optimizers(name):
 
 
 def test_cuda_slices_are_about_one_per_sm_where_the_fused_kernel_gets_fewer_blocks():
-    assert cms.cuda_slice_size(2_427_620) == 18968 and 2_427_620 / 18968 <= cms.CUDA_SLICES   # the MLP, 10 seeds
-    assert cms.cuda_slice_size(10_000) == cms.MIN_SLICE                                      # small: 3 slices
-    assert cms.cuda_slice_size(12_138_100) == 0                                              # 50 seeds: 186 chunks
-    assert all(cms.cuda_slice_size(n) % 4 == 0 for n in range(1, 10_000_000, 99_991))       # 16-byte aligned
+    assert buffers.cuda_slice_size(2_427_620) == 18968 and 2_427_620 / 18968 <= buffers.CUDA_SLICES   # the MLP, 10 seeds
+    assert buffers.cuda_slice_size(10_000) == buffers.MIN_SLICE                                      # small: 3 slices
+    assert buffers.cuda_slice_size(12_138_100) == 0                                              # 50 seeds: 186 chunks
+    assert all(buffers.cuda_slice_size(n) % 4 == 0 for n in range(1, 10_000_000, 99_991))       # 16-byte aligned
 
 
 @pytest.mark.parametrize("make", [lambda ps, lr: torch.optim.Adam(ps, lr=lr, foreach=True),
                                   lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9)], ids=["adam", "sgd"])
 def test_an_elementwise_optimizer_in_slices_is_bitwise_the_whole_buffer(make):
-    """flat_optimizer with slices (what CUDA uses, cms.cuda_slice_size): 100 slices of 7 (and one of 3) in
+    """flat_optimizer with slices (what CUDA uses, buffers.cuda_slice_size): 100 slices of 7 (and one of 3) in
     three optimizers of at most 36; same bits as one optimizer over the whole buffer, slices are views."""
     torch.manual_seed(0)
     init, grads = torch.randn(703), [torch.randn(703) for _ in range(5)]
@@ -252,9 +258,9 @@ def test_an_elementwise_optimizer_in_slices_is_bitwise_the_whole_buffer(make):
 def test_cuda_fused_adam_on_the_flat_buffer_is_bitwise_per_tensor_fused_adam(accumulate, slice_size, graphs, monkeypatch):
     """Fused Adam over the whole flat buffer (slice_size 0) or over its slices side by side on streams
     (eager, and replayed from CUDA graphs: parallel branches): bitwise the per-tensor fused Adam.
-    slice_size None: cms.cuda_slice_size's own choice."""
+    slice_size None: buffers.cuda_slice_size's own choice."""
     if slice_size is not None:
-        monkeypatch.setattr(cms, "cuda_slice_size", lambda numel: slice_size)
+        monkeypatch.setattr(buffers, "cuda_slice_size", lambda numel: slice_size)
     make = lambda ps, lr: build_optimizer("adam", ps, lr, OPTIMIZERS["adam"].defaults)   # fused, capturable
     flat, fs = _mlp_run(make, True, accumulate, device="cuda", graphs=graphs)
     ref, _ = _mlp_run(make, False, accumulate, device="cuda")
@@ -268,14 +274,14 @@ def test_cuda_fused_adam_on_the_flat_buffer_is_bitwise_per_tensor_fused_adam(acc
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("name", ["adam", "muon", "m3", "deep_momentum"])
+@pytest.mark.parametrize("name", [name for name, spec in OPTIMIZERS.items() if spec.graph_safe])
 def test_cuda_graph_replays_of_the_scheduler_equal_eager(name):
-    """capture_graphs() after every level's first update, then replays: same bits as eager updates
+    """capture_scheduler() after every level's first update, then replays: same bits as eager updates
     (the flush's partial chunk runs eagerly in both)."""
-    args = {**OPTIMIZERS[name].defaults, **({"hidden_dim": 16} if name == "deep_momentum" else {})}
+    args = small(name)
     make = lambda ps, lr: build_optimizer(name, ps, lr, args)
     graphed, gs = _mlp_run(make, True, "sum", device="cuda", graphs=True, steps=10)
     eager, _ = _mlp_run(make, True, "sum", device="cuda", steps=10)
-    assert all(g.graph is not None for g in gs.groups)
+    assert all(isinstance(g.update_full_chunk, Replay) for g in gs.groups)
     for x, y in zip(graphed, eager):
         assert torch.equal(x, y), (name, (x - y).abs().max())

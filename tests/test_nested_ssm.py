@@ -6,7 +6,7 @@ from pmnist.errors import ConfigError
 from pmnist.models import MODELS, build_model, validate_model_config
 from pmnist.models.nested_ssm import NestedSSM, diag_scan
 from pmnist.optim import build_optimizer
-from pmnist.optim.cms import CMSScheduler
+from pmnist.cms import CMSScheduler
 
 SMALL = {"hidden_dim": 16, "state_dim": 8, "memory_hidden": 16}
 ADAM = {"betas": [0.9, 0.999], "eps": 1e-8}
@@ -59,7 +59,7 @@ def test_state_carries_information(length):
 def test_levels_partition_parameters():
     model = NestedSSM([0], **SMALL)
     names = [n for n, _ in model.levels()]
-    assert names == MODELS["nested_ssm"].level_names({}) == ["slow", "medium", "fast", "core"]
+    assert names == MODELS["nested_ssm"].levels({}) == ["slow", "medium", "fast", "core"]
     ids = [id(p) for _, ps in model.levels() for p in ps]
     assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
     assert type(build_model("nested_ssm", [0], SMALL)) is NestedSSM

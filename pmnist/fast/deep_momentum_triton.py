@@ -3,7 +3,7 @@
 The reference step (the autograd code in deep_momentum.py's `DeepMomentum.step`) runs the memory MLP
 h(x) = W2 . silu(W1 x + b1) + b2 (hidden H) on every coordinate with batched matmuls: it writes
 [S, n, H] activations for the forward, autograd's backward and the second read-out, about 4.7 ms per
-step at 20 seeds on an H200 (bench/README.md), almost all memory traffic and gemv kernels for a
+step at 20 seeds on an H200, almost all memory traffic and gemv kernels for a
 function of one number. Here each coordinate's MLP lives in registers; h, h' and the inner gradients
 are written out by hand (delta objective shown; dot: r = -u):
 

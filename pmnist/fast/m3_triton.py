@@ -4,7 +4,7 @@ one Muon's momentum.
 
 The reference (the torch code in m3.py's `M3._moments`) updates M1, V, the chunk sum and M2 and forms
 the preconditioned directions P1 (and P2) with about fifteen elementwise kernels per parameter, each a
-few microseconds: M3's step was launch-bound (bench/README.md, sixth session). Here one kernel reads
+few microseconds: M3's step was launch-bound. Here one kernel reads
 the gradient and the state once, writes the state back and either the directions (matrices: they go
 on to Newton-Schulz) or, for vectors, the parameter's update itself (p <- p - lr (P1 + alpha O2)).
 The step's scalars (bias corrections, the chunk-boundary flag) come in as a small device tensor, so a

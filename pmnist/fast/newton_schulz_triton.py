@@ -1,7 +1,7 @@
 """Newton-Schulz of a small matrix in ONE Triton program (CUDA only): the whole bf16 iteration of one
 slice in registers and shared memory, one launch per call instead of ~20.
 
-Why: Muon's and M3's steps were launch-bound in Newton-Schulz (bench/README.md, seventh session): per
+Why: Muon's and M3's steps were launch-bound in Newton-Schulz: per
 matrix shape and call, a norm, a division, two casts and three small GEMMs per iteration, each a few
 microseconds, and baddbmm's copy of its addend. The MLP's two smallest matrices ([64, 128], [10, 64] per
 seed) run in one program per slice; the larger ones stay on cuBLAS (newton_schulz.py), faster there.
@@ -20,7 +20,7 @@ import triton.language as tl
 
 # Largest padded [rows, cols] one program iterates. H100, 20 seeds: with [128, 256] in one program too,
 # Muon's step took 720 us (that program ~250 us: it spills registers), with it on cuBLAS 537, with only
-# [10, 64] here 587, with none 640 (bench/README.md, seventh session).
+# [10, 64] here 587, with none 640.
 MAX_ELEMENTS = 64 * 128
 # Triton's CPU interpreter (3.8) multiplies bfloat16 tiles wrongly (and rounds to bf16 by truncation):
 # there the operands, already bf16 values, are multiplied as float32 (the same exact products).

@@ -5,7 +5,7 @@ first time they run: torch._disable_dynamo around Optimizer.add_param_group (whi
 __init__ calls), zero_grad, state_dict and load_state_dict; and _use_grad_for_differentiable around
 the step() of torch's own optimizers (Adam, SGD), which also sets grad mode to `differentiable`
 (False here). That import costs about as much as `import torch` itself (1.1 s on a 2-core CPU, 3-4 s
-on the lent GPU image, which writes no bytecode: bench/startup.py, bench/README.md) in every train
+on a GPU machine's image that writes no bytecode) in every train
 stage, and buys nothing: this project compiles nothing. So:
 
   skip_dynamo_wrappers()  fills the cache that torch._disable_dynamo reads before importing

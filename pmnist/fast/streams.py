@@ -1,8 +1,8 @@
 """Independent chains of small CUDA kernels run side by side, each on its own stream (in a captured
 CUDA graph: parallel branches). Where one step issues several launches that each leave most of the
 GPU idle and do not depend on each other, they then overlap: the Newton-Schulz calls of different
-shapes (newton_schulz.py), the slices of a flat Adam buffer (cms.py), each tensor's deep-momentum
-memory step (deep_momentum.py). Same kernels, same results; on the CPU the jobs simply run one
+shapes (optim/newton_schulz.py), the slices of a flat Adam buffer (buffers.py), each tensor's deep-momentum
+memory step (optim/deep_momentum.py). Same kernels, same results; on the CPU the jobs simply run one
 after another.
 """
 import torch

@@ -3,27 +3,33 @@
 The trainer (pmnist.train) calls, for each task t:
 
     each epoch    batches(t, order, batch_size)   the epoch's steps: what each step trains on
-    each step     penalty()                       [S], added to each seed's loss  } inside the step that
-                  backward(task_loss, penalty)    gradients into .grad            } a CUDA graph replays
+    each step     penalty()                       [S], added to each seed's loss
+                  backward(task_loss, penalty)    gradients into .grad
                   (the CMS scheduler's step)
-                  after_step()                    per-step bookkeeping, on the device
+                  after_step()                    per-step bookkeeping
     task end      (scheduler.flush()) end_task(t, images, perm)
 
-Rules that keep a method right with all seeds batched and with CUDA graphs:
-  * state is per seed: every tensor has the leading seed axis, every random draw comes from the
-    seed's own CPU generator (`seed_generators`), never from the global RNG;
-  * penalty/backward/after_step read and write only device tensors made once and updated in place
-    (a replayed graph uses their addresses), never read a device value on the host, and never
-    branch on one;
-  * randomness is drawn in batches()/end_task(), for a whole epoch or task at once, and moved to
-    the device in one copy (no host work and no host-to-device copy per step).
-The penalty's gradient joins the task gradient in .grad, so under CMS it accumulates into each
-level's chunk like the task gradient does.
+All seeds train at once, so a method keeps its state per seed: every tensor has the leading seed
+axis, and every random draw comes from the seed's own CPU generator (`seed_generators`), never from
+the global RNG. The penalty's gradient joins the task gradient in .grad, so under CMS it accumulates
+into each level's chunk like the task gradient does. A method registered graph_safe (so that its runs
+replay the step from CUDA graphs) keeps its per-step hooks to the contract in pmnist/fast/__init__.py.
 """
 import zlib
 
 import numpy as np
 import torch
+
+
+def gather_batch(images, perm, idx):
+    """The inputs of a step: images uint8 [N, D], idx long [S, B], perm long [S, D] (one per seed) or
+    [S, B, D] (one per sample) -> [S, B, D] in [0, 1], in the default dtype (the parameters'): seed s
+    gets images[idx[s]] with its pixels permuted by its permutation. D: pixels per image (784, or 1024
+    padded to 32x32)."""
+    x = images[idx]                                                     # [S, B, D]
+    if perm.dim() == 2:
+        perm = perm.unsqueeze(1).expand(-1, idx.shape[1], -1)
+    return torch.gather(x, 2, perm).to(torch.get_default_dtype()).div_(255)
 
 
 class Method:
@@ -72,8 +78,8 @@ class AnchorPenalty:
 
     (EWC: scale λ, w the Fisher; SI: scale 2c, w the importance Ω.) The gradient is written in closed
     form, not by autograd: through the MLP's eight tensors autograd's backward of this sum was about 70
-    small kernels, ≈ 265 µs of EWC's 560 µs step at 20 seeds on an H100 (bench/README.md, ninth
-    session); here it is a few foreach launches. value() and add_grad() belong to one training step:
+    small kernels, ≈ 265 µs of EWC's 560 µs step at 20 seeds on an H100; here it is a few foreach
+    launches. value() and add_grad() belong to one training step:
     add_grad() reuses w (θ − θ*) from the value() before it (in a CUDA graph, from the same replay)."""
 
     def __init__(self, params, anchors, weights, scale):

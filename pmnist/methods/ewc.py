@@ -25,8 +25,7 @@ Defaults: λ = 100 (an untuned starting point: choose it on the validation split
 import torch
 from torch.func import functional_call
 
-from pmnist.methods.base import AnchorPenalty, Method, seed_generators
-from pmnist.train import gather_batch
+from pmnist.methods.base import AnchorPenalty, Method, gather_batch, seed_generators
 
 FISHER_CHUNK = 2 ** 25   # parameter entries copied per chunk of images (128 MiB in float32), at least one image
 

@@ -26,7 +26,7 @@ Defects of the public implementation fixed here:
   * its state was reset to zero on every call, so nothing recurred: here h_t carries information
     across all steps of a sequence (it is a state-space model);
   * its slow weights moved *along* the gradient (ascent): here all updates are the optimizer's
-    descent steps, taken by pmnist.optim.cms.CMSScheduler;
+    descent steps, taken by pmnist.cms.CMSScheduler;
   * its slow path was detached between updates: here nothing is detached; gradients of every
     step reach the slow parameters and are accumulated until their level's update.
 """

@@ -54,7 +54,7 @@ coordinates of the tensor), so memory_lr depends neither on the gradient's scale
 Why c and not s = RMS(u) alone (the first version): when a tensor's gradient becomes tiny beside the
 momentum it has stored, m / s grows without bound, and so do the MLP's input, its regression target and
 its inner step. That is how the full-protocol run diverged (seed 5, task 3, step 11809: the MLP's
-largest weight 1.9, 2.7, 60, 1.3e6 over four steps, then inf; bench/README.md);
+largest weight 1.9, 2.7, 60, 1.3e6 over four steps, then inf);
 tests/test_optimizers.py drops a gradient's scale by 1e6 and checks the memory stays bounded.
 
 alpha and eta_m come from `momentum` (beta) so that the LINEAR memory (num_layers = 0: no MLP) is
@@ -76,13 +76,13 @@ CUDA-graph safe: m, the MLP's weights and everything else are device tensors cre
 step and updated in place (the inner gradient by autograd.grad: no Python branch on a value, no sync).
 Cost: the MLP runs on every coordinate (activations [S, n, hidden]), forward, backward, and forward
 again for the read-out after the inner step. On CUDA, the two-layer MLP (the runs' design) runs in
-two Triton kernels instead (deep_momentum_triton.py: activations kept in registers, the same
+two Triton kernels instead (pmnist/fast/deep_momentum_triton.py: activations kept in registers, the same
 arithmetic up to the order of sums); the autograd code below is the reference and the CPU path.
 """
 import torch
 import torch.nn.functional as F
 
-from pmnist.optim.streams import side_by_side
+from pmnist.fast.streams import side_by_side
 
 OBJECTIVES = ("delta", "dot")
 
@@ -126,11 +126,11 @@ def memory_scale(m, u):
 
 
 def _triton_step(p, mlp):
-    """pmnist.optim.deep_momentum_triton where it handles p (CUDA, two-layer MLP), else None: the
+    """pmnist.fast.deep_momentum_triton where it handles p (CUDA, two-layer MLP), else None: the
     reference below runs everywhere else (CPU, other depths) and is what the kernels are tested against."""
     if not (p.is_cuda and len(mlp) == 4):
         return None
-    from pmnist.optim import deep_momentum_triton   # imports triton: only where CUDA is used
+    from pmnist.fast import deep_momentum_triton   # imports triton: only where CUDA is used
     return deep_momentum_triton if deep_momentum_triton.supported(p) else None
 
 
@@ -150,7 +150,7 @@ class DeepMomentum(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             # Each tensor's memory is its own, and its step a chain of small kernels: on CUDA the
-            # tensors' chains run side by side on streams (streams.py; same kernels, same results).
+            # tensors' chains run side by side on streams (pmnist/fast/streams.py; same kernels, same results).
             side_by_side(lambda p: self._step_tensor(p, group), params, params[0].device if params else "cpu")
 
     def _step_tensor(self, p, group):

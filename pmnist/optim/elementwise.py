@@ -1,7 +1,7 @@
 """torch's elementwise optimizers, as the registry builds them.
 
 Elementwise rules (SGD, Adam) treat every coordinate alone, so stacking seeds changes nothing and
-the CMS scheduler may hand them ONE flat tensor per update group (cms.py): fused Adam then is a single
+the CMS scheduler may hand them ONE flat tensor per update group (pmnist/fast/buffers.py): fused Adam then is a single
 kernel over all of a group's parameters.
 
 Adam is fused on every device: on CUDA also capturable (its step count lives on the device) so a CUDA
@@ -9,12 +9,12 @@ graph can replay the update. On CPU the fused kernel is ~3.7x faster than foreac
 parameters (0.95 vs 3.6 ms per step, 2 cores) and differs from it by at most 1 ulp (it evaluates the
 same formula in another order); tests/test_cms.py checks both against the per-tensor foreach rule.
 
-Both are torch's classes with step() unwrapped (no_dynamo.py: the same arithmetic, without importing
+Both are torch's classes with step() unwrapped (pmnist/fast/no_dynamo.py: the same arithmetic, without importing
 torch._dynamo at start-up).
 """
 import torch
 
-from pmnist.optim.no_dynamo import plain_step
+from pmnist.fast.no_dynamo import plain_step
 
 
 class SGD(torch.optim.SGD):

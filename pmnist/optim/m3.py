@@ -27,7 +27,7 @@ lr tried (1e-3 ... 1e-6). Preconditioning first keeps the update's spectral norm
 One count t (and k) per parameter group: its parameters step together, so the step's scalars (bias
 corrections, the boundary flag) are computed once per step, not once per parameter. On CUDA the
 elementwise part of each parameter's step (M1, V, chunk, M2, P1, P2; for vectors their update too)
-runs in one Triton kernel (m3_triton.py: M3 was launch-bound); `M3._moments` is the reference and
+runs in one Triton kernel (pmnist/fast/m3_triton.py: M3 was launch-bound); `M3._moments` is the reference and
 the CPU path.
 
 CUDA-graph safe: t and k are device tensors advanced in place, and the every-f-steps branch is

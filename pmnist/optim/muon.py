@@ -15,7 +15,7 @@ the same lr:
     m = b1 m + (1-b1) g,  v = b2 v + (1-b2) g^2,  p <- p - lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps)
 
 Adam's step count t is one per parameter group (its parameters step together: the bias corrections are
-computed once per step). On CUDA the elementwise work runs in Triton kernels (m3_triton.py: Adam's step
+computed once per step). On CUDA the elementwise work runs in Triton kernels (pmnist/fast/m3_triton.py: Adam's step
 of each vector in one kernel, the momentum and Nesterov direction of each matrix in another; Muon's
 step was launch-bound); the torch code here is the reference and the CPU path.
 
@@ -47,12 +47,12 @@ def adam_direction(state, g, bc1, bc2, betas, eps):
 
 
 def elementwise_kernels(p):
-    """pmnist.optim.m3_triton (M3's elementwise step, Adam's step of Muon's vectors, Muon's momentum)
+    """pmnist.fast.m3_triton (M3's elementwise step, Adam's step of Muon's vectors, Muon's momentum)
     where it handles p (CUDA, float32, contiguous), else None: the torch code of M3 and Muon is the
     reference and the CPU path."""
     if not p.is_cuda:
         return None
-    from pmnist.optim import m3_triton   # imports triton: only where CUDA is used
+    from pmnist.fast import m3_triton   # imports triton: only where CUDA is used
     return m3_triton if m3_triton.supported(p) else None
 
 

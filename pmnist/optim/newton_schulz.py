@@ -16,11 +16,11 @@ the default (`ns_dtype: bfloat16` in the optimizers' args); `float32` is the con
 normalisation is done in the input's precision before the cast, and the result is returned in the
 input's dtype. bench/ns_precision.py measures the error against float64 and the time per call.
 Each iteration is three batched matmuls, two of them fused with the axpy (baddbmm). On CUDA, bf16
-iterations of small matrices run whole in one Triton program per slice (newton_schulz_triton.py).
+iterations of small matrices run whole in one Triton program per slice (pmnist/fast/newton_schulz_triton.py).
 """
 import torch
 
-from pmnist.optim.streams import side_by_side
+from pmnist.fast.streams import side_by_side
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float64": torch.float64}
@@ -38,11 +38,11 @@ def is_matrix(p):
 
 
 def one_program_kernel(G, dtype):
-    """pmnist.optim.newton_schulz_triton where it iterates G (CUDA, bf16, a small matrix per slice),
+    """pmnist.fast.newton_schulz_triton where it iterates G (CUDA, bf16, a small matrix per slice),
     else None: the torch code below is the reference, the CPU path and the path of large matrices."""
     if not G.is_cuda:
         return None
-    from pmnist.optim import newton_schulz_triton   # imports triton: only where CUDA is used
+    from pmnist.fast import newton_schulz_triton   # imports triton: only where CUDA is used
     return newton_schulz_triton if newton_schulz_triton.supported(G, dtype) else None
 
 
@@ -75,7 +75,7 @@ def orthogonalise(M, steps, dtype=torch.float32):
 # Slices per Newton-Schulz call at most. M3 at 20 seeds batched P1 and P2 of a matrix into one
 # [40, 256, 784] call, and replaying its step's CUDA graph segfaulted every time; the same run with
 # calls of at most 20 slices finishes (side by side on one H200: 40 crashed, 20 finished; cause inside
-# torch/cuBLAS unknown; bench/README.md). Each slice is still normalised and iterated alone.
+# torch/cuBLAS unknown). Each slice is still normalised and iterated alone.
 MAX_BATCH = 20
 
 
