@@ -140,6 +140,8 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
     (without the method's penalty) over the steps of epoch e of that task, so with iterations_per_task
     the last column averages only the steps of the cut epoch.
     on_task_end(task, accuracy_row [S, T], train_loss [S, E]) is called after each task.
+    cuda_graphs: on CUDA, replay each step from CUDA graphs (pmnist/fast/graphs.py; same results): pass
+    graph_safe(run).
     """
     device = train_x.device
     n_seeds, n_tasks = permutations.shape[:2]

@@ -98,8 +98,8 @@ def unknown(key, name, valid):
 
 
 def like_default(key, v, default):
-    """An optimizer argument must have its default's type (an int for an int, a number for a float,
-    a list of as many numbers for a list)."""
+    """A registry argument given by value must have its default's type (an int for an int, a number for
+    a float, a list of as many numbers for a list); pmnist/registry.py."""
     number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)
     if isinstance(default, bool):
         return boolean(key, v)
@@ -141,8 +141,6 @@ def section(key, raw, schema):
         else:
             out[name] = check(sub, raw[name])
     return out
-
-
 
 
 def name(key, v):

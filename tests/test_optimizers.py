@@ -221,8 +221,8 @@ def test_linear_memory_with_delta_objective_is_an_ema():
 
 
 def test_deep_memory_with_defaults_leaves_its_init_and_is_not_plain_momentum():
-    """The failure of issue 16.3: with the old defaults the memory stayed at its init (|phi(x) - x| <=
-    0.003) and the run was plain SGD. With the defaults now (delta rule, hidden 128) the MLP's last
+    """A memory that stays at its init (|phi(x) - x| <= 0.003) makes the run plain SGD. With the
+    defaults (delta rule, hidden 128) the MLP's last
     layer (zero at init) moves, its term in the read-out grows to a sizeable part of the momentum
     table, and the parameters end away from both the linear memory (EMA momentum) and plain SGD fed
     the same gradients (measured with the memory scale c: term 0.22 / 0.30 of the table, 1.0 % / 1.6 %
@@ -574,11 +574,11 @@ def test_every_optimizer_learns_one_mnist_task(name, mnist, one_thread):
 
 @pytest.mark.parametrize("objective", ["delta", "dot"])
 def test_deep_memory_stays_bounded_when_the_gradient_scale_collapses(objective):
-    """Issue 16's divergence (seed 5, task 3, step 11809 of the full protocol): the memory MLP's inner
-    steps ran away when a tensor's gradient became tiny beside the momentum it had stored. The MLP reads
+    """A full-protocol run diverged (seed 5, task 3, step 11809) where the memory MLP's inner steps ran
+    away once a tensor's gradient became tiny beside the momentum it had stored. The MLP reads
     the table in units of the table's own RMS, so its inputs keep unit RMS whatever the gradients do: here
     the gradient drops by 1e6 after 50 steps and the memory must stay finite and of its earlier size
-    (reading the table in units of the gradient's RMS, as before, sends the MLP's input to ~1e5 and its
+    (reading the table in units of the gradient's RMS instead sends the MLP's input to ~1e5 and its
     weights to inf within a few steps)."""
     torch.manual_seed(0)
     p = torch.randn(2, 16, 24) * 0.1

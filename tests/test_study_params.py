@@ -57,13 +57,13 @@ def test_deep_momentums_control_is_its_linear_memory_alone():
 
 
 def test_every_run_trains_in_cuda_graphs():
-    """A run's cuda_graphs defaults to train.cuda_graphs; none opts out (m3 did while replaying its step
-    segfaulted: Newton-Schulz calls of at most MAX_BATCH slices fixed that, bench/README.md)."""
+    """A run's cuda_graphs defaults to train.cuda_graphs; none opts out (M3's replayed step needs
+    Newton-Schulz calls of at most newton_schulz.MAX_BATCH slices, which it has)."""
     assert PARAMS["train"]["cuda_graphs"] and all(run["cuda_graphs"] for run in RUNS.values())
 
 
 def test_every_primary_difference_is_pinned_to_one_point():
-    """The committed study has the seeds its primary hypotheses need (issue 17: 95% CI half-width <= 1)."""
+    """The committed study has the seeds its primary hypotheses need (95% CI half-width <= 1 point)."""
     stats = json.loads((ROOT / "results" / "stats.json").read_text())
     primary = [t for t in stats["tests"] if t["family"] == "primary"]
     assert len(primary) == len(PARAMS["stats"]["primary"])

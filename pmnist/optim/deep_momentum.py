@@ -38,7 +38,7 @@ The memory is read out at its own content (a key-less memory, as the paper descr
 App. B); the current gradient reaches the update through the inner step, which writes u_t into m and
 psi before the read-out (Eq. 50's m_{i+1}(u_i)). Feeding u_t to the MLP as well was tried and
 rejected: the delta rule then trains the read-out to reproduce u_t itself (memory -> identity on the
-gradient, momentum cancelled: the failure of issue 16.3); one MNIST task, 20k images, hidden 16,
+gradient, momentum cancelled); one MNIST task, 20k images, hidden 16,
 lr 1: 0.73-0.78 test accuracy with u_t as an input (memory_lr 0.01-0.1) vs 0.92 without.
 Under the delta rule the MLP learns a calibrated read-out of the momentum (it is fitted to map the
 memory before a step to that step's gradient, so it reads out the least-squares prediction of the
