@@ -400,7 +400,8 @@ def sweep_lines(tradeoff, runs):
 def _place_labels(ax, fig, points, dpi, avoid=()):
     """Label each point (name -> (x, y) in data) without overlaps: for each label, in order, the first of
     candidate offsets on rings of growing radius whose box overlaps no placed label, no point and stays
-    inside the axes; a label placed away from its point gets a thin leader line. Deterministic."""
+    inside the axes; a label placed away from its point gets a thin leader line. Deterministic. Returns the
+    labels' boxes in display pixels (x0, y0, x1, y1)."""
     renderer = FigureCanvasAgg(fig).get_renderer()
     font = FontProperties(size=LABEL_PT)
     box = ax.get_window_extent(renderer)
@@ -438,6 +439,7 @@ def _place_labels(ax, fig, points, dpi, avoid=()):
         ax.annotate(name, points[name], xytext=(dx / px, dy / px), textcoords="offset points", ha=ha, va=va,
                     fontsize=LABEL_PT, zorder=5,
                     arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5", shrinkA=0, shrinkB=2) if r > 9 else None)
+    return placed
 
 
 def _zoom_box(centre, cis, focus):

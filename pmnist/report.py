@@ -474,9 +474,10 @@ def _level_params(cfg, params):
 def _updates_per_image(cfg, params):
     """Parameter-weighted updates per training image: sum_l n_l / (batch * period_l) / sum_l n_l."""
     n = _level_params(cfg, params)
-    if n is None or len(n) != len(cfg["periods"]) or not cfg["batch_size"]:
+    periods = cfg["periods"] or [1] * len(n or [])
+    if n is None or len(n) != len(periods) or not cfg["batch_size"]:
         return None
-    return sum(k / (cfg["batch_size"] * p) for k, p in zip(n, cfg["periods"])) / sum(n)
+    return sum(k / (cfg["batch_size"] * p) for k, p in zip(n, periods)) / sum(n)
 
 
 def _lr_per_step(cfg):
@@ -488,8 +489,8 @@ def _lr_per_step(cfg):
 # What a pair of runs can hold equal: short name -> (long name, value of a run's settings or None).
 FACTORS = {
     "lr": ("the learning rate", lambda c, params: c["lr"]),
-    "updates": ("the parameter updates per training image (parameter-weighted)", _updates_per_image),
-    "lr per step": ("each level's lr per step (lr × multiplier / period)", lambda c, params: _lr_per_step(c)),
+    "updates per image": ("the parameter updates per training image (parameter-weighted)", _updates_per_image),
+    "per-level lr per step": ("each level's lr per step (lr × multiplier / period)", lambda c, params: _lr_per_step(c)),
     "periods": ("the periods used (only which level is slow differs)", lambda c, params: sorted(c["periods"])),
 }
 
@@ -501,10 +502,21 @@ def _equal(a, b):
     return a.shape == b.shape and bool(np.allclose(a, b, rtol=REL_TOL if a.size == 1 else 1e-9, atol=0))
 
 
+def _both(a, b, params):
+    """norm() of runs a and b, a per-level list left empty (bare test configs) filled to the other's length."""
+    ca, cb = (norm(params["runs"][r]) for r in (a, b))
+    for k, fill in (("periods", 1), ("lr_multipliers", 1.0)):
+        if not ca[k]:
+            ca[k] = [fill] * len(cb[k])
+        if not cb[k]:
+            cb[k] = [fill] * len(ca[k])
+    return ca, cb
+
+
 def _held(a, b, params):
     """The FACTORS that runs a and b hold equal (only meaningful factors: the periods' order needs periods
     that differ, updates and lr per step need a schedule or batch that differs)."""
-    ca, cb = (norm(params["runs"][r]) for r in (a, b))
+    ca, cb = _both(a, b, params)
     out = []
     for name, (_, f) in FACTORS.items():
         if not _equal(f(ca, params), f(cb, params)):
@@ -527,7 +539,7 @@ def _fmt(v):
 def _differs(a, b, params, keys=("lr", "batch_size", "periods", "lr_multipliers", "accumulate", "lr_scale",
                                  "optimizer", "method", "model")):
     """'periods 3/2/1 vs 1/1/1, lr 5e-05 vs 2e-05': the settings in which run a differs from run b."""
-    ca, cb = (norm(params["runs"][r]) for r in (a, b))
+    ca, cb = _both(a, b, params)
     names = {"batch_size": "batch", "lr_multipliers": "lr multipliers", "lr_scale": "lr scale"}
     return ", ".join(f"{names.get(k, k)} {_fmt(ca[k])} vs {_fmt(cb[k])}" for k in keys if ca[k] != cb[k])
 
@@ -629,8 +641,7 @@ def make_answer(params, summary, stats, grid=None):
             for f in held:
                 held_by.setdefault(f, []).append((t, a, b))
             same = f"same {', '.join(held)}; " if held else ""
-            lines.append(f"  - `{a}` − `{b}` ({same}{_differs(a, b, params)}): {_iv(t)}, "
-                         f"{'significant' if _sig(t, alpha) else 'not significant'}.")
+            lines.append(f"  - `{a}` − `{b}` ({same}{_differs(a, b, params)}): {_iv(t)}, {verdict(t, alpha)}.")
         verdicts = []
         for f, (long, _) in FACTORS.items():
             pairs = held_by.get(f, [])
@@ -705,8 +716,8 @@ def make_answer(params, summary, stats, grid=None):
             by_run[a] = (gap, t, b)
     if by_run:
         rob.append("in other regimes, a schedule against the same run without it: " + "; ".join(
-            f"`{a}` − `{b}` ({_regime(a, b, h, params)}) {_iv(t)}, "
-            f"{'significant' if _sig(t, alpha) else 'not significant'}" for a, (_, t, b) in by_run.items()))
+            f"`{a}` − `{b}` ({_regime(a, b, h, params)}) {_iv(t)}, {verdict(t, alpha)}"
+            for a, (_, t, b) in by_run.items()))
     if rob:
         lines.append("- **Robustness**: " + "; ".join(rob) + ".")
 
