@@ -10,7 +10,7 @@ import torch
 from pmnist.models.mlp import MLP
 from pmnist.optim import OPTIMIZERS, build_optimizer
 from pmnist.optim.adaptive_deep_momentum import AdaptiveDeepMomentum
-from pmnist.optim.cms import CMSScheduler
+from pmnist.cms import CMSScheduler
 
 NAME = "adaptive_deep_momentum"
 
