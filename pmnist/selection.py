@@ -18,6 +18,7 @@ from pmnist.errors import SelectionError
 METRICS_FILE, SCORE = "results/metrics/{run}.json", "acc_pct"
 GRID_COLUMNS = ("run", "setting", "value", "validation_acc_pct", "chosen", "epochs", "tuning_seeds")
 TUNABLE = ("method_args", "optimizer_args")  # runs.R.<these>.<key> (and runs.R.lr) are what a grid may vary
+TUNABLE_KEYS = ("lr", "periods")               # ... and these keys of runs.R itself (periods: CMS's profile)
 
 
 def _row(rev, name, parent):
@@ -99,15 +100,23 @@ def get_setting(cfg, setting):
 
 
 def show(v):
-    """A setting's value as messages write it: numbers in %g."""
+    """A setting's value as messages and grid.csv write it: numbers in %g, lists (periods) as 3/2/1."""
+    if isinstance(v, list):
+        return "/".join(show(x) for x in v)
     return format(v, "g") if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
 def _number(v):
+    """Sort key of a grid value: numbers by value, periods ([3, 2, 1] or 3/2/1) by their tuple of numbers."""
+    if isinstance(v, list):
+        v = show(v)
     try:
-        return (0, float(v), "")
+        return (0, (float(v),), "")
     except (TypeError, ValueError):
-        return (1, 0.0, str(v))
+        try:
+            return (0, tuple(float(x) for x in str(v).split("/")), "")
+        except ValueError:
+            return (1, (0.0,), str(v))
 
 
 
@@ -170,11 +179,11 @@ def grid_setting(run, names, settings):
     flat = [_flat(s) for s in settings]
     varied = [k for k in sorted(set().union(*flat)) if any(f.get(k) != flat[0].get(k) for f in flat)]
     for key in varied:
-        if not (key == "lr" or key.split(".")[0] in TUNABLE):
+        if not (key in TUNABLE_KEYS or key.split(".")[0] in TUNABLE):
             i = next(i for i, f in enumerate(flat) if f.get(key) != flat[0].get(key))
             raise SelectionError(f"run {run!r}: experiments {names[0]} and {names[i]} differ in runs.{run}.{key} "
                                  f"({flat[0].get(key)!r} vs {flat[i].get(key)!r}), which a grid may not vary "
-                                 f"(only lr, method_args.* or optimizer_args.*); select one grid at a time")
+                                 f"(only lr, periods, method_args.* or optimizer_args.*); select one grid at a time")
     if len(varied) > 1:
         raise SelectionError(f"run {run!r}: the experiments vary {len(varied)} settings "
                              f"({', '.join(f'runs.{run}.{k}' for k in varied)}), a grid varies one; "
@@ -193,9 +202,10 @@ def grid_setting(run, names, settings):
 def grid_csv(old_rows, choices):
     """results/tuning/grid.csv text: the old file's rows of other runs, then the new grids; sorted by run,
     setting and (numeric) value."""
-    new = {c["run"] for c in choices}
-    rows = [r for r in old_rows if r["run"] not in new] + [g for c in choices for g in c["grid"]]
+    new = {(c["run"], c["setting"]) for c in choices}
+    rows = [r for r in old_rows if (r["run"], r["setting"]) not in new] + [g for c in choices for g in c["grid"]]
     rows.sort(key=lambda r: (r["run"], r["setting"], _number(r["value"])))
-    fmt = lambda k, v: ("true" if v else "false") if k == "chosen" and isinstance(v, bool) else str(v)  # noqa: E731
+    fmt = lambda k, v: ("true" if v else "false") if k == "chosen" and isinstance(v, bool) else \
+        show(v) if isinstance(v, list) else str(v)  # noqa: E731
     lines = [",".join(GRID_COLUMNS)] + [",".join(fmt(k, r[k]) for k in GRID_COLUMNS) for r in rows]
     return "\n".join(lines) + "\n"

@@ -66,9 +66,9 @@ def test_refuses_tuning_on_the_reporting_seeds():
 
 
 def test_refuses_a_grid_over_more_than_one_setting():
-    periods = iter([[1, 1, 1], [3, 2, 1], [1, 1, 1]])
-    with pytest.raises(SelectionError, match=r"differ in runs.baseline.periods \(\[1, 1, 1\] vs \[3, 2, 1\]\), which a grid may not vary"):
-        select(_edit(params=lambda p: p["runs"]["baseline"].update(periods=next(periods))), "baseline", REPORTING)
+    batch = iter([128, 64, 128])
+    with pytest.raises(SelectionError, match=r"differ in runs.baseline.batch_size \(128 vs 64\), which a grid may not vary"):
+        select(_edit(params=lambda p: p["runs"]["baseline"].update(batch_size=next(batch))), "baseline", REPORTING)
     lam = iter([1.0, 2.0, 3.0])
     with pytest.raises(SelectionError, match=r"vary 2 settings \(runs.baseline.lr, runs.baseline.method_args.ewc_lambda\)"):
         select(_edit(params=lambda p: p["runs"]["baseline"].update(method_args={"ewc_lambda": next(lam)})),
@@ -184,3 +184,17 @@ def test_tuning_seeds_are_the_runs_own():
         seeds(p)
         p["runs"]["baseline"]["n_seeds"] = 80  # capped by protocol.n_seeds
     assert {g["tuning_seeds"] for g in select(_edit(params=own), "baseline", REPORTING)["grid"]} == {"1000..1049"}
+
+
+def test_a_grid_over_cms_periods_is_selected_and_written_as_a_profile():
+    """CMS's period profile is tuned like an lr: one grid point per profile, at one lr."""
+    profiles = iter([[6, 3, 1], [3, 2, 1], [12, 4, 1]])
+    rows = _edit(params=lambda p: p["runs"]["baseline"].update(lr=1e-4, periods=next(profiles)))
+    choice = select(rows, "baseline", REPORTING)
+    assert choice["setting"] == "periods"
+    assert sorted(g["value"] for g in choice["grid"]) == [[3, 2, 1], [6, 3, 1], [12, 4, 1]]
+    text = grid_csv([{"run": "baseline", "setting": "lr", "value": "1e-05", "validation_acc_pct": "1", "chosen": "true",
+                      "epochs": "1", "tuning_seeds": "1000..1000"}], [choice])
+    assert "baseline,lr,1e-05" in text  # the run's lr grid is kept beside its periods grid
+    periods_rows = [line.split(",")[2] for line in text.splitlines() if ",periods," in line]
+    assert periods_rows == ["3/2/1", "6/3/1", "12/4/1"]
