@@ -1,14 +1,29 @@
 """Every stage's entry point: a known error (pmnist.errors.PmnistError: bad params, bad input file,
-bad mirror, divergence; or an OSError such as an unwritable file) or a stop signal ends in one line on
-stderr and a non-zero exit; anything else is a bug and keeps its traceback. Outputs are written
-atomically (pmnist.io) and DVC keeps them (`persist: true` in dvc.yaml), so a stage that fails or is
-stopped leaves every earlier output as it was. Torch-free: analysis stages start fast."""
+bad mirror, divergence, a run over its pre-flight budget (pmnist/budget.py); or an OSError such as an
+unwritable file) or a stop signal ends in one line on stderr and a non-zero exit; anything else is a
+bug and keeps its traceback. Outputs are written atomically (pmnist.io) and DVC keeps them
+(`persist: true` in dvc.yaml), so a stage that fails or is stopped leaves every earlier output as it was.
+
+A stage dies with the process that runs it: when `dvc repro`, `dvc exp run` or a queue worker ends,
+whatever the signal (SIGKILL included), the stage stops within about a second, the same way as on
+SIGTERM (no partial file), and says why. Linux: prctl(PR_SET_PDEATHSIG, SIGTERM) for the direct
+parent; everywhere: a watcher thread that checks twice a second that every ancestor up to the
+outermost DVC process is still alive (DVC may run the command through a shell that outlives it).
+Torch-free: analysis stages start fast."""
+import ctypes
+import os
 import signal
 import sys
+import threading
 
 from pmnist.errors import PmnistError
 
 KNOWN_ERRORS = (PmnistError, OSError)
+WATCH_INTERVAL_S = 0.5
+PR_SET_PDEATHSIG = 1
+
+_orphaned = []  # why the watcher stopped the stage, once it did
+_parent = []    # the parent's pid when the stage started
 
 
 class Stopped(BaseException):
@@ -19,16 +34,108 @@ def _stop(signum, frame):
     raise Stopped(signum)
 
 
+def _proc_stat(pid):
+    """(ppid, start time) of a process from /proc, or None when it is gone (or there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def _is_dvc(cmdline):
+    words = cmdline.split()[:3]
+    return any(os.path.basename(w) == "dvc" or w.endswith("/dvc") for w in words) or " -m dvc" in cmdline
+
+
+def watched_ancestors(pid=None):
+    """[(pid, start time, description)]: the ancestors whose end stops the stage: every one up to the
+    outermost DVC process (`dvc repro`, `dvc exp run`, a queue worker), or the parent alone when no DVC
+    process runs this one (a direct call)."""
+    chain, pid = [], os.getpid() if pid is None else pid
+    stat = _proc_stat(pid)
+    while stat and stat[0] > 1 and len(chain) < 16:
+        pid = stat[0]
+        stat = _proc_stat(pid)
+        if stat is None:
+            break
+        chain.append((pid, stat[1], _cmdline(pid)))
+    dvc = [i for i, (_, _, cmd) in enumerate(chain) if _is_dvc(cmd)]
+    return chain[:dvc[-1] + 1] if dvc else chain[:1]
+
+
+def _alive(pid, start):
+    stat = _proc_stat(pid)
+    return stat is not None and stat[1] == start
+
+
+def _watch(parent, ancestors):
+    while True:
+        if os.getppid() != parent:
+            _orphaned.append(f"its parent process (pid {parent}) ended")
+        else:
+            for pid, start, cmd in ancestors:
+                if not _alive(pid, start):
+                    _orphaned.append(f"`{cmd[:60] or pid}` (pid {pid}) ended")
+                    break
+        if _orphaned:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        threading.Event().wait(WATCH_INTERVAL_S)
+
+
+def die_with_parent():
+    """SIGTERM this process when its parent dies (Linux), and watch its DVC ancestors (see the docstring)."""
+    parent = os.getppid()
+    _parent[:] = [parent]
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    ancestors = watched_ancestors() if os.path.isdir("/proc") else []
+    if parent == 1:  # orphaned before the watch began
+        _orphaned.append("its parent process had already ended when it started")
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    threading.Thread(target=_watch, args=(parent, ancestors), name="die-with-parent", daemon=True).start()
+
+
+def _say(message):
+    try:  # the parent's terminal or pipe may be gone with it
+        print(message, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def run_stage(main, *args):
     # SIGTERM like SIGINT; and SIGINT re-armed, because shells start background jobs with it ignored.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _stop)
     try:
+        die_with_parent()
+        from pmnist.budget import preflight_for_stage, stage_name
+        preflight_for_stage(stage_name(sys.argv[0]))
         main(*args)
     except KNOWN_ERRORS as e:
-        sys.exit(f"error: {e}")
+        _say(f"error: {e}")
+        sys.exit(1)
     except Stopped as e:
         signum = e.args[0]
-        print(f"error: stopped by {signal.Signals(signum).name} before the stage finished; earlier outputs are "
-              f"untouched and no partial file was left; `dvc repro` reruns it", file=sys.stderr)
+        if signum == signal.SIGTERM and (_orphaned or (_parent and os.getppid() != _parent[0])):
+            why = _orphaned[0] if _orphaned else "its parent process ended"
+            _say(f"error: stopped because {why} (killed?) before the stage finished; earlier outputs are "
+                 f"untouched and no partial file was left; `dvc repro` reruns it")
+        else:
+            _say(f"error: stopped by {signal.Signals(signum).name} before the stage finished; earlier outputs are "
+                 f"untouched and no partial file was left; `dvc repro` reruns it")
         sys.exit(128 + signum)

@@ -19,6 +19,7 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pmnist.budget import check_train  # noqa: E402
 from pmnist.cli import run_stage  # noqa: E402
 from pmnist.config import load_params  # noqa: E402
 from pmnist.data import image_pixels, load_mnist, load_permutations, pad_images  # noqa: E402
@@ -44,6 +45,8 @@ def main(run_name):
     except ValueError as e:
         raise ConfigError(f"params.yaml: train.device: {e}") from None
     torch.backends.cuda.matmul.allow_tf32 = train["tf32"]
+    # Pre-flight (pmnist/budget.py): refuse, before any data is read, what exceeds a ceiling or cannot fit the device.
+    check_train(params, run_name, device)
 
     permutations = load_permutations("data/permutations.npy", protocol["n_seeds"], protocol["n_tasks"], n_pixels)
     permutations = permutations[:len(seeds)]
