@@ -123,3 +123,96 @@ def test_forced_rerun_rewrites_nothing(repo):
     """No wall-clock figure or timestamp in any tracked output: a forced rerun leaves git status clean."""
     run(["dvc", "repro", "-f"], repo, timeout=1200)
     assert run(["git", "status", "--porcelain"], repo).stdout == ""
+
+
+# -- the pre-flight budget (pmnist/budget.py): refused in one line before any work.
+# These start from a copy whose training stages are done (`trained`): the cases below stop at or
+# before training, so the analysis stages after it need not have run.
+
+TRAINED = ["train@baseline", "train@cms"]
+
+
+@pytest.fixture(scope="module")
+def trained_base():
+    dest = smoke.shared_tmp() / "tiny-trained"
+    if not dest.exists():
+        os.environ.setdefault("MNIST_MIRROR", str(smoke.ROOT.parent / "shared" / "mnist"))
+        smoke.make_copy(dest, smoke.only_runs(smoke.TWO_RUNS))
+        run(["dvc", "repro", *TRAINED], dest, timeout=1200)
+        smoke.commit(dest, "trained")
+    return dest
+
+
+@pytest.fixture
+def trained(trained_base):
+    return smoke.clone_tree(trained_base, Path(tempfile.mkdtemp(prefix="fail-", dir=smoke.shared_tmp())) / "repo")
+
+
+def assert_refused_before_work(repo, before, result, error):
+    assert_failed_and_kept(repo, before, result, error)
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, errors
+    assert " epoch " not in result.stdout + result.stderr  # no training step was taken
+
+
+def test_too_many_tasks_refused_before_the_permutations(trained):
+    repo = trained
+    before = snapshot(repo)
+    edit_params(repo, lambda p: p["protocol"].update(n_tasks=1000))
+    result = run(["dvc", "repro"], repo, check=False, timeout=600)
+    assert_refused_before_work(repo, before, result, "error: params.yaml: protocol.n_tasks: 1000 tasks exceeds the "
+                                                     "ceiling of 100; set protocol.max_tasks to at least 1000")
+
+
+def test_model_too_big_for_memory_refused_before_work(trained):
+    repo = trained
+    before = snapshot(repo)
+    edit_params(repo, lambda p: p["runs"]["cms"].update(model_args={"hidden_dims": [3_000_000, 128, 64]}))
+    result = run(["dvc", "repro"], repo, check=False, timeout=600)
+    assert_refused_before_work(repo, before, result, "error: params.yaml: runs.cms.model_args: run 'cms' needs about")
+    assert " is free; shrink the model or the run's n_seeds" in result.stderr
+    assert "train@cms" in set(json.loads(run(["dvc", "status", "--json", *TRAINED], repo, timeout=120).stdout))
+
+
+def test_too_many_steps_refused_before_work(trained):
+    repo = trained
+    before = snapshot(repo)
+    edit_params(repo, lambda p: p["train"].update(iterations_per_task=2_000_000))
+    result = run(["dvc", "repro"], repo, check=False, timeout=600)
+    assert_refused_before_work(repo, before, result, "training steps (protocol.n_tasks x train.iterations_per_task at "
+                                                     "batch 128) exceeds the ceiling of 1000000; set "
+                                                     "train.max_steps_per_run to at least 4000000")
+
+
+# -- training dies with the DVC process that runs it
+
+
+def session_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+@pytest.mark.parametrize("sig", ["KILL", "TERM"])
+def test_training_dies_with_dvc(trained, sig):
+    """`timeout --foreground` signals DVC alone (not its process group), as when DVC, `dvc exp run` or a queue
+    worker is killed: the stage notices within a second, stops cleanly, and says why."""
+    repo = trained
+    edit_params(repo, lambda p: p["train"].update(epochs=1000))  # trains far longer than the timeout
+    before = snapshot(repo)
+    p = subprocess.Popen(["timeout", "--foreground", "-s", sig, "40", "dvc", "repro", *TRAINED], cwd=repo, text=True,
+                         env={**smoke.venv_env(), "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = p.communicate(timeout=300)  # EOF: every writer, the stage included, has exited
+    assert " epoch 1/1000 " in out, out  # training had started when DVC was killed
+    ended = time.monotonic()
+    while session_alive(p.pid) and time.monotonic() - ended < 10:
+        time.sleep(0.1)
+    assert not session_alive(p.pid), "the stage outlived DVC"
+    assert "error: stopped because `" in out and "dvc repro` (pid " in out, out
+    assert "earlier outputs are untouched and no partial file was left" in out, out
+    assert snapshot(repo) == before
+    edit_params(repo, lambda p: p["train"].update(epochs=1))  # back to the committed params: nothing to redo
+    assert "Data and pipelines are up to date" in run(["dvc", "status", *TRAINED], repo, timeout=120).stdout
