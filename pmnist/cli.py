@@ -31,6 +31,10 @@ class Stopped(BaseException):
 
 
 def _stop(signum, frame):
+    # Once: a second signal (the parent-death signal and the watcher both send SIGTERM; Ctrl-C twice) must
+    # not interrupt the clean-up of temp files or the interpreter's exit.
+    for other in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(other, signal.SIG_IGN)
     raise Stopped(signum)
 
 
