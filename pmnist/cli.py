@@ -24,6 +24,7 @@ PR_SET_PDEATHSIG = 1
 
 _orphaned = []  # why the watcher stopped the stage, once it did
 _parent = []    # the parent's pid when the stage started
+_ancestors = []  # watched_ancestors() when the stage started
 
 
 class Stopped(BaseException):
@@ -61,6 +62,17 @@ def _is_dvc(cmdline):
     return any(os.path.basename(w) == "dvc" or w.endswith("/dvc") for w in words) or " -m dvc" in cmdline
 
 
+def describe(pid, cmdline):
+    """`dvc repro train@cms` (pid 123): a process as a user typed it (no interpreter path), at most 80 characters."""
+    words = cmdline.split()
+    for i, word in enumerate(words[:3]):
+        if os.path.basename(word) == "dvc":
+            words = ["dvc", *words[i + 1:]]
+            break
+    text = " ".join(words) or "?"
+    return f"`{text[:77] + '...' if len(text) > 80 else text}` (pid {pid})"
+
+
 def watched_ancestors(pid=None):
     """[(pid, start time, description)]: the ancestors whose end stops the stage: every one up to the
     outermost DVC process (`dvc repro`, `dvc exp run`, a queue worker), or the parent alone when no DVC
@@ -82,14 +94,21 @@ def _alive(pid, start):
     return stat is not None and stat[1] == start
 
 
+def _gone(parent):
+    for pid, _, cmd in _ancestors:
+        if pid == parent:
+            return f"its parent {describe(pid, cmd)} ended"
+    return f"its parent process (pid {parent}) ended"
+
+
 def _watch(parent, ancestors):
     while True:
         if os.getppid() != parent:
-            _orphaned.append(f"its parent process (pid {parent}) ended")
+            _orphaned.append(_gone(parent))
         else:
             for pid, start, cmd in ancestors:
                 if not _alive(pid, start):
-                    _orphaned.append(f"`{cmd[:60] or pid}` (pid {pid}) ended")
+                    _orphaned.append(f"{describe(pid, cmd)} ended")
                     break
         if _orphaned:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -107,6 +126,7 @@ def die_with_parent():
         except (OSError, AttributeError):
             pass
     ancestors = watched_ancestors() if os.path.isdir("/proc") else []
+    _ancestors[:] = ancestors
     if parent == 1:  # orphaned before the watch began
         _orphaned.append("its parent process had already ended when it started")
         os.kill(os.getpid(), signal.SIGTERM)
@@ -136,7 +156,7 @@ def run_stage(main, *args):
     except Stopped as e:
         signum = e.args[0]
         if signum == signal.SIGTERM and (_orphaned or (_parent and os.getppid() != _parent[0])):
-            why = _orphaned[0] if _orphaned else "its parent process ended"
+            why = _orphaned[0] if _orphaned else _gone(_parent[0])
             _say(f"error: stopped because {why} (killed?) before the stage finished; earlier outputs are "
                  f"untouched and no partial file was left; `dvc repro` reruns it")
         else:

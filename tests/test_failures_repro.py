@@ -138,6 +138,9 @@ def trained_base():
     if not dest.exists():
         os.environ.setdefault("MNIST_MIRROR", str(smoke.ROOT.parent / "shared" / "mnist"))
         smoke.make_copy(dest, smoke.only_runs(smoke.TWO_RUNS))
+        run(["git", "branch", "-M", "main"], dest)
+        run(["git", "config", "user.name", "smoke"], dest)  # DVC commits experiments with the repo's identity
+        run(["git", "config", "user.email", "smoke@localhost"], dest)
         run(["dvc", "repro", *TRAINED], dest, timeout=1200)
         smoke.commit(dest, "trained")
     return dest
@@ -211,8 +214,50 @@ def test_training_dies_with_dvc(trained, sig):
     while session_alive(p.pid) and time.monotonic() - ended < 10:
         time.sleep(0.1)
     assert not session_alive(p.pid), "the stage outlived DVC"
-    assert "error: stopped because `" in out and "dvc repro` (pid " in out, out
+    assert "error: stopped because its parent `dvc repro train@baseline train@cms` (pid " in out, out
     assert "earlier outputs are untouched and no partial file was left" in out, out
     assert snapshot(repo) == before
     edit_params(repo, lambda p: p["train"].update(epochs=1))  # back to the committed params: nothing to redo
     assert "Data and pipelines are up to date" in run(["dvc", "status", *TRAINED], repo, timeout=120).stdout
+
+
+# -- an interrupted experiment and its documented recovery (README, "Stopping an experiment")
+
+RECOVERY = [["git", "checkout", "-q", "main"],                                  # HEAD back on the branch
+            ["git", "restore", "--staged", "--worktree", "params.yaml"]]       # params.yaml as committed
+
+
+def test_interrupted_experiment_recovers_with_the_documented_commands(trained):
+    """`dvc exp run` stopped by SIGTERM mid-training: DVC dies at once and leaves HEAD detached with its
+    rewritten params.yaml staged; the stage stops cleanly. The README's two commands restore the branch and
+    the original params.yaml bytes, and git status is clean; the experiment then runs as usual."""
+    repo = trained
+    original = (repo / "params.yaml").read_bytes()
+    before = snapshot(repo)
+    p = subprocess.Popen(["dvc", "exp", "run", "-S", "runs.cms.lr=1e-4", "-S", "train.epochs=1000", "train@cms"],
+                         cwd=repo, env={**smoke.venv_env(), "OMP_NUM_THREADS": "1"}, text=True,
+                         start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if " epoch 1/1000 " in line:
+            os.kill(p.pid, signal.SIGTERM)  # DVC alone, as `kill <pid>` or a queue's cancel would
+            break
+    else:
+        pytest.fail("training never started:\n" + "".join(lines))
+    out = "".join(lines) + p.stdout.read()  # EOF: the stage has exited too
+    p.wait(timeout=60)
+    assert "error: stopped because its parent `dvc exp run -S runs.cms.lr=1e-4 -S train.epochs=1000 train@cms` (pid " \
+        in out, out
+    assert snapshot(repo) == before  # results, data and dvc.lock untouched
+    assert run(["git", "status", "--porcelain"], repo).stdout != ""  # what DVC leaves: params.yaml staged ...
+    assert run(["git", "symbolic-ref", "-q", "HEAD"], repo, check=False).returncode != 0  # ... and HEAD detached
+
+    for command in RECOVERY:
+        run(command, repo)
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
+    assert run(["git", "symbolic-ref", "HEAD"], repo).stdout.strip() == "refs/heads/main"
+    assert (repo / "params.yaml").read_bytes() == original
+    assert "Data and pipelines are up to date" in run(["dvc", "status", *TRAINED], repo, timeout=120).stdout
+    result = run(["dvc", "exp", "run", "-S", "runs.cms.lr=1e-4", "train@cms"], repo, timeout=600)
+    assert "Ran experiment(s)" in result.stdout, result.stdout
