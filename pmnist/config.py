@@ -93,6 +93,9 @@ SCHEMA = {
         "dpi": positive_int,
         "tradeoff": (_groups, {}),
     },
+    "timescale": {                      # optional: the stage `timescale` (pmnist/timescale.py)
+        "lr": (positive_float, 5e-5),   # the lr whose runs, differing only in their schedule, are compared
+    },
 }
 
 RUN_SCHEMA = {
@@ -113,7 +116,7 @@ RUN_SCHEMA = {
 }
 
 TOP_LEVEL = (*SCHEMA, "models", "runs", "provenance")
-OPTIONAL_TOP_LEVEL = ("provenance",)
+OPTIONAL_TOP_LEVEL = ("provenance", "timescale")
 
 
 def _registered(key, value, registry, what):
@@ -210,7 +213,8 @@ def validate(raw: dict) -> dict:
     for section_name in TOP_LEVEL:
         if section_name not in raw and section_name not in OPTIONAL_TOP_LEVEL:
             fail(section_name, "missing section")
-    params = {s: section(s, raw[s], spec) for s, spec in SCHEMA.items()}
+    params = {s: section(s, raw.get(s) or {}, spec) if s in OPTIONAL_TOP_LEVEL else section(s, raw[s], spec)
+              for s, spec in SCHEMA.items()}
 
     models = raw["models"]
     if not isinstance(models, dict):

@@ -576,3 +576,28 @@ def make_figures(data, stats, out_dir, runs, tradeoff, dpi):
         plot_paired_difference(run, control, diffs, tests, out(paths["diff"][run, control]), dpi)
     return [paths["forest"], paths["average_accuracy"], paths["forgetting"], paths["stability_plasticity"],
             *paths["matrix"].values(), *paths["diff"].values()]
+
+
+def update_fraction_figure(result, path, dpi):
+    """Forgetting against the parameter-weighted update fraction u (log scale), every schedule at one lr:
+    uniform schedules (circles, joined in order of u) and multi-timescale ones (triangles), labelled."""
+    fig = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    uniform = sorted((r for r in result["runs"] if r["kind"] == "uniform"), key=lambda r: r["u"])
+    multi = [r for r in result["runs"] if r["kind"] == "multi-timescale"]
+    ax.plot([r["u"] for r in uniform], [r["forgetting_pct"] for r in uniform], "o-", color="0.45",
+            label="uniform (every level one period; batch varies)")
+    ax.plot([r["u"] for r in multi], [r["forgetting_pct"] for r in multi], "^", color="tab:red", linestyle="none",
+            label="multi-timescale (periods differ per level)")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameter-weighted update fraction u (log scale; baseline = 1)")
+    ax.set_ylabel("average forgetting (points)")
+    ax.set_title(f"Forgetting vs update count, every schedule at lr {result['lr']:g}", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.set_ylim(ax.get_ylim()[0] - 1, ax.get_ylim()[1] + 1.5)  # room for labels
+    _place_labels(ax, fig, {f"{r['run']} {'/'.join(map(str, r['periods']))}"
+                            + ("" if r["batch_size"] == 128 else f" b{r['batch_size']}"): (r["u"], r["forgetting_pct"])
+                            for r in uniform + multi}, dpi)
+    _save(fig, path, dpi)

@@ -304,9 +304,34 @@ def _forest_caption(params, summary, stats):
             + (f". No same-lr control: {', '.join(f'`{r}`' for r in uncovered)}" if uncovered else "") + ".")
 
 
-def make_report(params, summary, stats, grid=None):
+def _timescale(result):
+    """The timescale section from results/timescale/timescale.json (pmnist/timescale.py)."""
+    rows = ["| run | periods | batch | u | kind | forgetting | final acc. | vs the uniform curve at its u (points, 95% CI, paired seeds) |",
+            "|---|---|---|---|---|---|---|---|"]
+    tests = {t["run"]: t for t in result["tests"]}
+    for r in sorted(result["runs"], key=lambda r: -r["u"]):
+        t = tests.get(r["run"])
+        versus = "" if t is None else t.get("note") or (
+            f"{t['difference_pct']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}], {t['n_seeds']} seeds"
+            + (" — **below the curve**" if t["ci95"][1] < 0 else " — **above the curve**" if t["ci95"][0] > 0 else ""))
+        rows.append(f"| `{r['run']}` | {'/'.join(map(str, r['periods']))} | {r['batch_size']} | {r['u']:.4f} | {r['kind']} "
+                    f"| {r['forgetting_pct']:.2f} | {r['acc_pct']:.2f} | {versus} |")
+    return "\n".join([
+        f"Every run at lr {result['lr']:g} that differs from the others only in its schedule (MLP, Adam, no method, "
+        "summed chunks). `u`: parameter-weighted update fraction, the parameters' optimizer steps over the batch-128 "
+        "baseline's (a level of period p steps 1/p as often; a batch of 384 steps 1/3 as often). Uniform schedules "
+        "(every level one period, any batch) trace forgetting against u; each multi-timescale schedule is compared "
+        "per seed with that curve interpolated (linearly in log u) at its own u, on the seeds all runs share "
+        "(unadjusted 95% t-intervals). Below the curve would mean the multi-timescale structure itself reduces "
+        "forgetting beyond what its update count explains.",
+        "", "\n".join(rows), "",
+        "![Forgetting against the update fraction](timescale/update_fraction.png)"])
+
+
+def make_report(params, summary, stats, grid=None, timescale=None):
     """The markdown report. params: validated params; summary, stats: results/summary.json, stats.json;
-    grid: rows of results/tuning/grid.csv (value, validation_acc_pct as floats, chosen as bool) or None.
+    grid: rows of results/tuning/grid.csv (value, validation_acc_pct as floats, chosen as bool) or None;
+    timescale: results/timescale/timescale.json or None.
     Runs of params without results yet are listed as such, not an error."""
     if "tests" not in stats or "families" not in stats:
         raise DataError("results/stats.json: not a stats file of this version; rerun the stats stage")
@@ -354,6 +379,7 @@ def make_report(params, summary, stats, grid=None):
         primary_text,
         "",
         *(f"![Paired differences, {run} vs {control}]({path})\n" for (run, control), path in figs["diff"].items()),
+        *(["## Timescale or update count?", "", _timescale(timescale), ""] if timescale else []),
         "## Schedule × learning rate (2×2 interactions)",
         "",
         _interactions(tests("secondary", "interaction"), summary, stats, alpha),

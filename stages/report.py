@@ -1,5 +1,6 @@
 """Stage `report`: results/report.md and results/answer.md (the report's opening answer, for the README) from
-results/summary.json, results/stats.json, results/tuning/grid.csv (when present) and the params. Reads
+results/summary.json, results/stats.json, results/tuning/grid.csv and results/timescale/timescale.json (when
+present) and the params. Reads
 nothing else, so `dvc repro` knows when it is stale.
 
 `python -m stages.report --readme` (not a DVC stage: README.md is no output) copies results/answer.md into
@@ -17,6 +18,7 @@ from pmnist.report import ANSWER_BEGIN, make_answer, make_report, parse_grid, re
 
 GRID = Path("results/tuning/grid.csv")
 ANSWER = Path("results/answer.md")
+TIMESCALE = Path("results/timescale/timescale.json")
 
 
 def _read_json(path, stage):
@@ -33,7 +35,8 @@ def main():
         with open(GRID, newline="") as f:
             grid = parse_grid(csv.DictReader(f), GRID)
     summary, stats = _read_json("results/summary.json", "aggregate"), _read_json("results/stats.json", "stats")
-    text = make_report(params, summary, stats, grid)
+    timescale = _read_json(TIMESCALE, "timescale") if TIMESCALE.is_file() else None
+    text = make_report(params, summary, stats, grid, timescale)
     write_text("results/report.md", text + "\n")
     write_text(ANSWER, make_answer(params, summary, stats, grid) + "\n")
     print(f"results/report.md: {len(text.splitlines())} lines; {ANSWER}")

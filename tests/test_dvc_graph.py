@@ -53,8 +53,7 @@ if "pmnist.train" in sys.modules:  # build_run imports every registered implemen
     from pmnist.models import MODELS
     from pmnist.optim import OPTIMIZERS
     for spec in (*MODELS.values(), *OPTIMIZERS.values(), *METHODS.values()):
-        if isinstance(spec.build, str):
-            importlib.import_module(spec.build.split(":")[0])
+        importlib.import_module(spec.target.split(":")[0])
 print(json.dumps(sorted(m.__file__ for m in list(sys.modules.values()) if getattr(m, "__file__", None))))
 """
 
