@@ -145,3 +145,15 @@ def test_learns_one_mnist_task(mnist):
                              torch.arange(784).view(1, 1, 784), seeds=[0], epochs=1, batch_size=128,
                              cuda_graphs=False, log=lambda *a: None)
     assert result["accuracy"][0, 0, 0] >= 0.90, result["accuracy"][0, 0, 0]
+
+
+def test_the_inner_step_in_chunks_equals_it_whole(monkeypatch):
+    """The MLP's inner gradient is summed over coordinates chunk by chunk (bounded memory): the same steps."""
+    import pmnist.optim.adaptive_deep_momentum as module
+
+    params, grads = _params_and_grads(5)
+    whole, _ = _run(lambda ps: make(ps, 1e-3, hidden_dim=8), params, grads)
+    monkeypatch.setattr(module, "CHUNK", 7)            # 60 coordinates per seed: 9 chunks, the last short
+    chunked, _ = _run(lambda ps: make(ps, 1e-3, hidden_dim=8), params, grads)
+    for x, y in zip(whole, chunked):
+        torch.testing.assert_close(x, y, atol=1e-7, rtol=1e-6)
