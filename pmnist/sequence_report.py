@@ -171,6 +171,7 @@ def markdown(params, section, summary, tests):
          f"* Training: {length} per task, batch {t['batch_size']} (unless a run sets its own)"
          + (f", the first {t['train_subset']} training images of each dataset" if t["train_subset"] else "") + ".",
          f"* Trained on: {', '.join(devices) if devices else 'device not recorded'}.",
+         *(f"* Hyperparameters ({key}): {text}" for key, text in (params.get("provenance") or {}).items()),
          "* Intervals: mean [95% t-interval] over seeds; differences are paired by seed, Holm-corrected over "
          f"every test of this report together (alpha {alpha:g}).", "",
          "## Every run", "",
