@@ -236,33 +236,29 @@ def _tuning(grid, params):
     order = [r for r in params["runs"] if any(g["run"] == r for g in grid)]
     order += [r for r in dict.fromkeys(g["run"] for g in grid) if r not in order]
     rows, notes = [], []
-    for run in order:
-        points = sorted((g for g in grid if g["run"] == run), key=lambda g: (g["setting"], g["value"]))
-        settings = sorted({g["setting"] for g in points})
-        if len(settings) != 1:
-            raise DataError(f"results/tuning/grid.csv: run {run!r} has grids over {', '.join(settings)}, expected one "
-                            f"setting; rewrite it with `python -m stages.select ... --write`")
-        setting = settings[0]
-        rows += [(f"`{run}`", f"`{setting}`", f"{g['value']:.6g}", f"{g['validation_acc_pct']:.2f}",
+    for run, setting in [(r, st) for r in order for st in sorted({g["setting"] for g in grid if g["run"] == r})]:
+        points = sorted((g for g in grid if g["run"] == run and g["setting"] == setting), key=lambda g: g["value"])
+        rows += [(f"`{run}`", f"`{setting}`", _grid_value(g["value"]), f"{g['validation_acc_pct']:.2f}",
                   "**chosen**" if g["chosen"] else "", g["epochs"], g["tuning_seeds"]) for g in points]
         chosen = [g["value"] for g in points if g["chosen"]]
         if len(chosen) != 1:
-            raise DataError(f"results/tuning/grid.csv: run {run!r} has {len(chosen)} chosen rows, expected 1; "
+            raise DataError(f"results/tuning/grid.csv: run {run!r} has {len(chosen)} chosen rows of {setting}, expected 1; "
                             f"rewrite it with `python -m stages.select ... --write`")
         values, v = [g["value"] for g in points], chosen[0]
         where = ("the only grid point" if len(values) == 1
                  else f"at the grid's lower edge: a smaller {setting} may be better" if v == values[0]
                  else f"at the grid's upper edge: a larger {setting} may be better" if v == values[-1]
                  else "interior to the grid")
-        study = {r: _setting(cfg, setting) for r, cfg in params["runs"].items() if r in (run, f"{run}_tuned")}
+        study = {r: _grid_parse(_setting(cfg, setting)) for r, cfg in params["runs"].items() if r in (run, f"{run}_tuned")}
         used = [f"`{r}`" for r, x in study.items() if x == v]
-        unused = [f"`{r}` ({_f(x, '.6g')})" for r, x in study.items() if r == run and x != v]
-        notes.append(f"- `{run}`: chosen {setting} {v:.6g} is {where} ({values[0]:.6g} .. {values[-1]:.6g}, "
-                     f"{len(values)} points)"
+        unused = [f"`{r}` ({_grid_value(x)})" for r, x in study.items() if r == run and x != v]
+        notes.append(f"- `{run}`: chosen {setting} {_grid_value(v)} is {where} ({_grid_value(values[0])} .. "
+                     f"{_grid_value(values[-1])}, {len(values)} points)"
                      + (f"; used by {', '.join(used)}" if used else "")
                      + (f"; the study's run uses another {setting}: {', '.join(unused)}" if unused else "") + ".")
     return "\n".join([
-        "Each grid varies one setting of a run (its lr, or one of its `method_args` / `optimizer_args`), chosen "
+        "Each grid varies one setting of a run (its lr, its CMS periods, or one of its `method_args` / "
+        "`optimizer_args`), chosen "
         "by final average accuracy on the **validation** split, on tuning seeds that do not overlap the "
         "reporting seeds (`stages/select.py`).", "",
         _table(("grid of run", "setting", "value", "validation accuracy (%)", "chosen", "epochs per task",
@@ -450,6 +446,19 @@ def _secondary_summary(tests, stats, alpha):
             f"[appendix B](#appendix-b-every-secondary-test).")
 
 
+def _grid_parse(v):
+    """A grid value: a number, or a period profile (written 3/2/1, or a list) as a tuple of ints."""
+    if isinstance(v, (list, tuple)):
+        return tuple(int(x) for x in v)
+    if isinstance(v, str) and "/" in v:
+        return tuple(int(x) for x in v.split("/"))
+    return float(v)
+
+
+def _grid_value(v):
+    return "/".join(map(str, v)) if isinstance(v, tuple) else f"{v:.6g}"
+
+
 def parse_grid(rows, path="results/tuning/grid.csv"):
     """csv.DictReader rows of grid.csv -> typed rows; a malformed file is a DataError naming it."""
     out = []
@@ -458,7 +467,7 @@ def parse_grid(rows, path="results/tuning/grid.csv"):
         if missing:
             raise DataError(f"{path}: line {i}: missing column(s) {', '.join(missing)}; expected {', '.join(GRID_COLUMNS)}")
         try:
-            out.append({**row, "value": float(row["value"]), "validation_acc_pct": float(row["validation_acc_pct"]),
+            out.append({**row, "value": _grid_parse(row["value"]), "validation_acc_pct": float(row["validation_acc_pct"]),
                         "chosen": {"true": True, "false": False}[row["chosen"].strip().lower()]})
         except (ValueError, KeyError):
             raise DataError(f"{path}: line {i}: value and validation_acc_pct must be numbers and chosen true/false, "
