@@ -26,7 +26,7 @@ whose dataset is smaller takes image index mod that dataset's size (a few images
 from pmnist.config import SCHEMA, _run
 from pmnist.datasets import DATASETS, SHAPES
 from pmnist.models import MODELS, validate_model_config
-from pmnist.validate import (fail, list_of, md5_hex, name, non_negative_int, one_of, positive_int, run_pair,
+from pmnist.validate import (boolean, fail, list_of, md5_hex, name, non_negative_int, one_of, positive_int, run_pair,
                              section, string, unit_interval, unknown)
 
 # The two sections of runs and where each writes: `runs` (the sequences that can be downloaded here,
@@ -43,9 +43,21 @@ SEQUENCE_SCHEMA = {
               "comparisons": (list_of(run_pair, min_len=0), []),
               "cifar_comparisons": (list_of(run_pair, min_len=0), [])},
 }
-TOP_LEVEL = (*SEQUENCE_SCHEMA, "datasets", "sequences", "models", "runs", "cifar_runs", "note", "pmnist",
-             "provenance")
-OPTIONAL = ("cifar_runs", "note", "pmnist", "provenance")
+TOP_LEVEL = (*SEQUENCE_SCHEMA, "datasets", "sequences", "models", "runs", "cifar_runs", "note", "provenance")
+OPTIONAL = ("cifar_runs", "note", "provenance")
+# The metrics a claim may name (pmnist/sequence_report.py computes them per seed).
+CLAIM_METRICS = ("acc_pct", "forgetting_pct", "bwt_pct", "fwt_pct", "learning_acc_pct", "retention_pct")
+CLAIM_SCHEMA = {
+    "claim": string,                        # the note's claim, in words
+    "note_numbers": string,                 # its own numbers, as the note gives them
+    "comment": (string, ""),
+    "metric": one_of(*CLAIM_METRICS),       # what the claim is tested on, paired by seed
+    "higher_is_better": boolean,            # the claimed direction of run - control
+    "pairs": (list_of(run_pair, min_len=0), []),         # [run, control] of runs
+    "cifar_pairs": (list_of(run_pair, min_len=0), []),   # ... of cifar_runs (the note's sequence)
+    "pmnist_pairs": (list_of(run_pair, min_len=0), []),  # ... of the root params.yaml's runs (Permuted MNIST)
+    "pmnist_metric": (one_of(*CLAIM_METRICS[:5]), "acc_pct"),
+}
 
 
 def _datasets(raw):
@@ -127,8 +139,23 @@ def validate_sequence_params(raw) -> dict:
                     fail(f"stats.{pairs}[{i}]", f"{r!r} is not a run of {sec}")
             if params[sec][pair[0]]["sequence"] != params[sec][pair[1]]["sequence"]:
                 fail(f"stats.{pairs}[{i}]", "pairs runs of different sequences: paired by seed, they must share one")
-    for s in OPTIONAL[2:]:
-        params[s] = raw.get(s) or {}
+    claims = (raw.get("note") or {}).get("claims") or {}
+    if not isinstance(claims, dict):
+        fail("note.claims", "must be a mapping of claim name -> {claim, note_numbers, metric, higher_is_better, pairs}")
+    params["note"] = {"claims": {}}
+    for cid, c in claims.items():
+        key = f"note.claims.{name('note.claims', cid)}"
+        c = section(key, c, CLAIM_SCHEMA)
+        for field, sec in (("pairs", "runs"), ("cifar_pairs", "cifar_runs")):
+            for i, pair in enumerate(c[field]):
+                for r in pair:
+                    if r not in params[sec]:
+                        fail(f"{key}.{field}[{i}]", f"{r!r} is not a run of {sec}")
+        params["note"]["claims"][cid] = c
+    provenance = raw.get("provenance") or {}
+    if not isinstance(provenance, dict):
+        fail("provenance", "must be a mapping of name -> text")
+    params["provenance"] = {k: string(f"provenance.{k}", v) for k, v in provenance.items()}
     return params
 
 

@@ -40,6 +40,9 @@ def test_the_committed_params_validate_and_name_the_note_runs():
         assert all(r["n_seeds"] >= 20 for r in p["runs"].values())
     assert p["sequences"]["cifar10_mnist_fashion"] == ["cifar10", "mnist", "fashion_mnist"]
     assert {r["sequence"] for r in p["cifar_runs"].values()} == {"cifar10_mnist_fashion"}
+    claims = p["note"]["claims"]
+    assert claims["nested_forgets_less"]["metric"] == "retention_pct" and claims["nested_forgets_less"]["cifar_pairs"]
+    assert ["mf_deep_momentum", "mf_sgd_momentum"] in claims["deep_momentum_beats_sgd_and_adam"]["pairs"]
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -50,6 +53,9 @@ def test_the_committed_params_validate_and_name_the_note_runs():
     (lambda p: p["stats"]["comparisons"].append(["mf_mlp", "fm_mlp"]), r"different sequences"),
     (lambda p: p["runs"]["mf_mlp"].update(optimizer="adamw"), r"unknown optimizer 'adamw'"),
     (lambda p: p["datasets"]["cifar10"]["md5"].pop("test_batch"), r"datasets\.cifar10\.md5\.test_batch: missing"),
+    (lambda p: p["note"]["claims"]["nested_forgets_less"].update(metric="happiness"), r"nested_forgets_less\.metric"),
+    (lambda p: p["note"]["claims"]["nested_forgets_less"]["pairs"].append(["mf_mlp", "cmf_mlp"]),
+     r"'cmf_mlp' is not a run of runs"),
 ])
 def test_bad_params_are_refused_naming_the_key(raw_params, edit, message):
     p = copy.deepcopy(raw_params)
