@@ -9,6 +9,7 @@ from pmnist.config import load_params
 from pmnist.data import image_pixels
 from pmnist.io import atomic_dir, write_json
 from pmnist.metrics import load_study_runs
+from pmnist.plots import update_fraction_figure
 from pmnist.timescale import analyse, schedule_runs
 
 RUNS_DIR = Path("results/runs")
@@ -21,7 +22,6 @@ def main():
     data = load_study_runs({**params, "runs": {r: params["runs"][r] for r in runs}})
     result = analyse(params["runs"], {r: d["accuracy"] for r, d in data.items()}, lr,
                      params["models"]["mlp"]["hidden_dims"], image_pixels(params["protocol"]["pad_to"]))
-    from pmnist.plots import update_fraction_figure  # matplotlib: only once the inputs are read
     with atomic_dir("results/timescale") as out:
         write_json(out / "timescale.json", result)
         update_fraction_figure(result, out / "update_fraction.png", dpi=params["plots"]["dpi"])
