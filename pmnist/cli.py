@@ -15,12 +15,14 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from pmnist.errors import PmnistError
 
 KNOWN_ERRORS = (PmnistError, OSError)
 WATCH_INTERVAL_S = 0.5
 PR_SET_PDEATHSIG = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 _orphaned = []  # why the watcher stopped the stage, once it did
 _parent = []    # the parent's pid when the stage started
@@ -34,9 +36,9 @@ class Stopped(BaseException):
 def _stop(signum, frame):
     # Once: a second signal (the parent-death signal and the watcher both send SIGTERM; Ctrl-C twice) must
     # not interrupt the clean-up of temp files or the interpreter's exit.
-    for other in (signal.SIGINT, signal.SIGTERM):
+    for other in STOP_SIGNALS:
         signal.signal(other, signal.SIG_IGN)
-    raise Stopped(signum)
+    raise Stopped(signum, _orphaned[0] if _orphaned else None)  # why, as known when the signal came
 
 
 def _proc_stat(pid):
@@ -101,28 +103,46 @@ def _gone(parent):
     return f"its parent process (pid {parent}) ended"
 
 
+def _ended(parent, ancestors):
+    """Why the stage is orphaned (its parent or a watched ancestor ended), or None."""
+    if os.getppid() != parent:
+        return _gone(parent)
+    for pid, start, cmd in ancestors:
+        if not _alive(pid, start):
+            return f"{describe(pid, cmd)} ended"
+    return None
+
+
+def _wait_ended(seconds):
+    """After SIGHUP: the parent's end, if it comes within `seconds` (its other threads may still be exiting)."""
+    deadline = time.monotonic() + seconds
+    while _parent:
+        why = _ended(_parent[0], _ancestors)
+        if why or time.monotonic() > deadline:
+            return why
+        time.sleep(0.05)
+    return None
+
+
 def _watch(parent, ancestors):
     while True:
-        if os.getppid() != parent:
-            _orphaned.append(_gone(parent))
-        else:
-            for pid, start, cmd in ancestors:
-                if not _alive(pid, start):
-                    _orphaned.append(f"{describe(pid, cmd)} ended")
-                    break
-        if _orphaned:
+        why = _ended(parent, ancestors)
+        if why:
+            _orphaned.append(why)
             os.kill(os.getpid(), signal.SIGTERM)
             return
         threading.Event().wait(WATCH_INTERVAL_S)
 
 
 def die_with_parent():
-    """SIGTERM this process when its parent dies (Linux), and watch its DVC ancestors (see the docstring)."""
+    """SIGHUP this process when its parent dies (Linux), and watch its DVC ancestors (see the docstring)."""
+    if _parent:  # once per process (tests run several stages in one interpreter)
+        return
     parent = os.getppid()
     _parent[:] = [parent]
     if sys.platform.startswith("linux"):
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
         except (OSError, AttributeError):
             pass
     ancestors = watched_ancestors() if os.path.isdir("/proc") else []
@@ -142,8 +162,8 @@ def _say(message):
 
 
 def run_stage(main, *args):
-    # SIGTERM like SIGINT; and SIGINT re-armed, because shells start background jobs with it ignored.
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    # SIGTERM and SIGHUP like SIGINT; and SIGINT re-armed, because shells start background jobs with it ignored.
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _stop)
     try:
         die_with_parent()
@@ -151,12 +171,11 @@ def run_stage(main, *args):
         preflight_for_stage(stage_name(sys.argv[0]))
         main(*args)
     except KNOWN_ERRORS as e:
-        _say(f"error: {e}")
-        sys.exit(1)
+        sys.exit(f"error: {e}")
     except Stopped as e:
         signum = e.args[0]
-        if signum == signal.SIGTERM and (_orphaned or (_parent and os.getppid() != _parent[0])):
-            why = _orphaned[0] if _orphaned else _gone(_parent[0])
+        why = e.args[1] or (_wait_ended(1.0) if signum == signal.SIGHUP else None)
+        if why:
             _say(f"error: stopped because {why} (killed?) before the stage finished; earlier outputs are "
                  f"untouched and no partial file was left; `dvc repro` reruns it")
         else:
