@@ -1,9 +1,11 @@
 """Stage `table` of literature/dvc.yaml: the published values of literature/params.yaml beside our runs of
-each published setting -> results/table.md and results/table.json (in literature/, the stage's folder).
+each published setting, and its paired comparisons (CMS against its update-matched control) ->
+results/table.md and results/table.json (in literature/, the stage's folder).
 
 Run from literature/ (the stage's wdir) with the repository on PYTHONPATH; each setting folder holds its
 own params.yaml and the results of its own train and aggregate stages.
 """
+import csv
 import json
 from pathlib import Path
 
@@ -11,26 +13,48 @@ from pmnist.cli import run_stage
 from pmnist.config import load_params, read_yaml
 from pmnist.errors import DataError
 from pmnist.io import require_file, write_json, write_text
-from pmnist.literature import markdown, table_rows, validate_literature
+from pmnist.literature import PAIRED_METRICS, markdown, paired_rows, table_rows, validate_literature
+
+
+def per_seed_values(path: Path, setting: str) -> dict:
+    """summary.csv (run, seed, metric, value) -> {run: {metric: {seed: value}}} for the paired metrics."""
+    out = {}
+    try:
+        with path.open(newline="") as f:
+            for line in csv.DictReader(f):
+                if line["metric"] in PAIRED_METRICS:
+                    out.setdefault(line["run"], {m: {} for m in PAIRED_METRICS})[line["metric"]][int(line["seed"])] = float(line["value"])
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{path}: not the aggregate stage's per-seed table ({e!r}); rerun aggregate@{setting}") from None
+    return out
 
 
 def main():
     # run in literature/ (the stage's wdir): errors name the file from the repository root
-    published = validate_literature(read_yaml("params.yaml", label="literature/params.yaml"))
-    summaries, settings = {}, {}
-    for setting in sorted({p["setting"] for p in published.values()}):
+    lit = validate_literature(read_yaml("params.yaml", label="literature/params.yaml"))
+    published, paired = lit["published"], lit["paired"]
+    summaries, settings, per_seed = {}, {}, {}
+    for setting in sorted({p["setting"] for p in published.values()} | {p["setting"] for p in paired.values()}):
         settings[setting] = load_params(Path(setting) / "params.yaml")
-        path = require_file(Path(setting) / "results" / "summary.json", f"run `dvc repro literature/dvc.yaml`")
+        path = require_file(Path(setting) / "results" / "summary.json", "run `dvc repro literature/dvc.yaml`")
         try:
             summaries[setting] = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e}); rerun aggregate@{setting}") from None
+        if any(p["setting"] == setting for p in paired.values()):
+            csv_path = require_file(Path(setting) / "results" / "summary.csv", "run `dvc repro literature/dvc.yaml`")
+            per_seed[setting] = per_seed_values(csv_path, setting)
     rows = table_rows(published, summaries, settings)
-    write_json("results/table.json", rows)
-    write_text("results/table.md", markdown(rows))
+    comparisons = paired_rows(paired, per_seed, settings)
+    write_json("results/table.json", {"rows": rows, "paired": comparisons})
+    write_text("results/table.md", markdown(rows, comparisons))
     for r in rows:
-        print(f"{r['row']}: published {r['published']:.2f}, ours {r['ours_mean']:.2f} ± {r['ours_std']:.2f} "
-              f"({r['n_seeds']} seeds), difference {r['difference']:+.2f}")
+        pub = "none (ours only)" if r["published"] is None else f"{r['published']:.2f}"
+        diff = "" if r["difference"] is None else f", difference {r['difference']:+.2f}"
+        print(f"{r['row']}: published {pub}, ours {r['ours_mean']:.2f} ± {r['ours_std']} SD ({r['n_seeds']} seeds){diff}")
+    for p in comparisons:
+        print(f"{p['name']}: {p['run']} - {p['against']} over {p['n_seeds']} seeds: accuracy {p['acc_pct']}, "
+              f"forgetting {p['forgetting_pct']}")
 
 
 if __name__ == "__main__":
