@@ -224,16 +224,18 @@ def test_training_dies_with_dvc(trained, sig):
 # -- an interrupted experiment and its documented recovery (README, "Stopping an experiment")
 
 RECOVERY = [["git", "checkout", "-q", "main"],                                  # HEAD back on the branch
-            ["git", "restore", "--staged", "--worktree", "params.yaml"]]       # params.yaml as committed
+            ["git", "restore", "--staged", "--worktree", "params.yaml", "dvc.lock"]]  # both as committed
 
 
 def test_interrupted_experiment_recovers_with_the_documented_commands(trained):
     """`dvc exp run` stopped by SIGTERM mid-training: DVC dies at once and leaves HEAD detached with its
-    rewritten params.yaml staged; the stage stops cleanly. The README's two commands restore the branch and
-    the original params.yaml bytes, and git status is clean; the experiment then runs as usual."""
+    rewritten params.yaml staged (and may leave dvc.lock rewritten); the stage stops cleanly. The README's two
+    commands restore the branch and the committed params.yaml and dvc.lock bytes, and git status is clean;
+    the experiment then runs as usual."""
     repo = trained
     original = (repo / "params.yaml").read_bytes()
     before = snapshot(repo)
+    outputs = lambda snap: {k: v for k, v in snap.items() if k != "dvc.lock"}
     p = subprocess.Popen(["dvc", "exp", "run", "-S", "runs.cms.lr=1e-4", "-S", "train.epochs=1000", "train@cms"],
                          cwd=repo, env={**smoke.venv_env(), "OMP_NUM_THREADS": "1"}, text=True,
                          start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -249,7 +251,7 @@ def test_interrupted_experiment_recovers_with_the_documented_commands(trained):
     p.wait(timeout=60)
     assert "error: stopped because its parent `dvc exp run -S runs.cms.lr=1e-4 -S train.epochs=1000 train@cms` (pid " \
         in out, out
-    assert snapshot(repo) == before  # results, data and dvc.lock untouched
+    assert outputs(snapshot(repo)) == outputs(before)  # results and data untouched (DVC may rewrite dvc.lock)
     assert run(["git", "status", "--porcelain"], repo).stdout != ""  # what DVC leaves: params.yaml staged ...
     assert run(["git", "symbolic-ref", "-q", "HEAD"], repo, check=False).returncode != 0  # ... and HEAD detached
 
@@ -258,6 +260,7 @@ def test_interrupted_experiment_recovers_with_the_documented_commands(trained):
     assert run(["git", "status", "--porcelain"], repo).stdout == ""
     assert run(["git", "symbolic-ref", "HEAD"], repo).stdout.strip() == "refs/heads/main"
     assert (repo / "params.yaml").read_bytes() == original
+    assert snapshot(repo) == before
     assert "Data and pipelines are up to date" in run(["dvc", "status", *TRAINED], repo, timeout=120).stdout
     result = run(["dvc", "exp", "run", "-S", "runs.cms.lr=1e-4", "train@cms"], repo, timeout=600)
     assert "Ran experiment(s)" in result.stdout, result.stdout
