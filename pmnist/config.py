@@ -64,6 +64,7 @@ SCHEMA = {
         "n_tasks": positive_int,
         "identity_first_task": boolean,
         "pad_to": (one_of(28, 32), 28),              # 32: zero-pad to 32x32 (1024 pixels) before permuting
+        "max_tasks": (positive_int, 100),             # pre-flight ceiling on n_tasks (pmnist/budget.py)
     },
     "split": {
         "validation_size": positive_int,
@@ -79,6 +80,7 @@ SCHEMA = {
         "tf32": boolean,
         "cuda_graphs": boolean,
         "n_seeds": (positive_int, None),               # seeds per run (a run may set its own); None: protocol.n_seeds
+        "max_steps_per_run": (positive_int, 1_000_000),  # pre-flight ceiling on one run's steps (pmnist/budget.py)
     },
     "stats": {
         "alpha": unit_interval,
