@@ -23,6 +23,10 @@ setup: $(VENV)
 
 repro: $(VENV)
 	dvc repro
+	@dvc status dvc.yaml | grep -q "up to date" && echo "make repro: the study is up to date: results/report.md" \
+	  || echo "make repro: stages are still changed (dvc status dvc.yaml lists them)"
+	@dvc status literature/dvc.yaml | grep -q "up to date" \
+	  || echo "make repro: the literature set (published settings) is not reproduced here: make literature"
 
 # The literature set (published settings reproduced): its own pipeline, literature/dvc.yaml.
 literature: $(VENV)
