@@ -14,10 +14,11 @@ literature/params.yaml has two sections:
   and 95 % t-interval (results/summary.csv, the aggregate stage's per-seed table).
 
 Ours is the run's final average accuracy over its seeds (results/summary.json), mean ± sample standard
-deviation over seeds (SD, not a standard error). Torch-free.
+deviation over seeds (SD, not a standard error). Torch-free (numpy and scipy, through pmnist.metrics).
 """
 import math
 
+from pmnist.metrics import mean_ci
 from pmnist.validate import fail, name, non_negative_float, one_of, section, string, unknown
 
 TARGET_POINTS = 2.0  # the aim: within 2 points of each published value
@@ -128,8 +129,6 @@ def table_rows(published: dict, summaries: dict, settings: dict) -> list:
 def paired_rows(paired: dict, per_seed: dict, settings: dict) -> list:
     """[{name, setting, run, against, n_seeds, <metric>: {difference, ci95}}]; per_seed: setting -> {run ->
     {metric -> {seed: value}}} (summary.csv). Differences over the seeds both runs trained."""
-    from pmnist.metrics import mean_ci   # numpy/scipy, only when there is something to compare
-
     out = []
     for key, cmp in paired.items():
         setting = cmp["setting"]
