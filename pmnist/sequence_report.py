@@ -13,7 +13,8 @@ A claim's verdict, per pair of runs (params note.claims.<claim>.pairs, on the cl
 claimed direction):
   supported           the difference has the claimed sign and p_holm < alpha
   not supported       otherwise; "the opposite holds" is added when p_holm < alpha with the other sign
-  not testable here   a pair whose runs have no results here (CIFAR-10 sequences, runs not in params)
+  not testable here   a pair of CIFAR-10 runs (they cannot be run here)
+  not run yet         a pair of other runs without results (a Permuted-MNIST run not yet in the root params)
 """
 import numpy as np
 
@@ -116,10 +117,10 @@ def claim_tests(params, values, pmnist_tidy=None):
 
 def pair_verdict(r, alpha):
     if not r["tested"]:
-        return "not testable here"
+        return "not testable here" if r["benchmark"] == "cifar" else "not run yet"
     p, d = r.get("p_holm"), r["mean_diff"]
     if p is None or d is None:
-        return "not supported (test undefined: " + (r.get("note") or "?") + ")"
+        return f"not supported (no test: {r.get('note') or 'undefined'})"
     claimed = (d > 0) == r["higher_is_better"] and d != 0
     if p < alpha:
         return "supported" if claimed else "not supported: the opposite holds"
@@ -206,7 +207,8 @@ def markdown(params, section, summary, tests):
     L += ["## The note's claims", "",
           "Each claim of \"Nested Learning in DHC-SSM\" beside our result on the benchmark named. Verdicts: "
           "*supported* (the claimed direction, p_holm < alpha), *not supported* (otherwise; *the opposite holds* "
-          "when significant the other way), *not testable here* (no results can be had here).", ""]
+          "when significant the other way), *not testable here* (no results can be had here), *not run yet* "
+          "(no results yet). Permuted-MNIST rows are the main study's runs, read from ../results/summary.csv.", ""]
     for cid, c in (params.get("note") or {}).get("claims", {}).items():
         L += [f"### {c['claim']}", "", f"The note's numbers: {c['note_numbers']}.", ""]
         if c.get("comment"):
