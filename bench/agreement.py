@@ -334,7 +334,7 @@ def main():
     import hashlib
     tested = {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()[:12]
               for p in [ROOT / "pmnist/train.py", *sorted((ROOT / "pmnist/methods").glob("*.py")),
-                        ROOT / "pmnist/optim/cms.py", ROOT / "pmnist/optim/elementwise.py",
+                        ROOT / "pmnist/cms.py", ROOT / "pmnist/optim/elementwise.py",
                         ROOT / "pmnist/models/mlp.py", ROOT / "pmnist/models/layers.py"]}
     print("# code under test (sha256[:12]): " + "  ".join(f"{k} {v}" for k, v in tested.items()))
     results = {"args": vars(args), "tested": tested, "seeds": seeds, "torch": torch.__version__, "avalanche": aval_version, "rows": []}
