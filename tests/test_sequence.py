@@ -125,11 +125,12 @@ def test_the_sequence_loop_learns_and_fills_the_accuracy_matrix(model, method, h
     run = run_of(model, method)
     seeds = [0, 1]
     m, sched, meth = build_sequence_run(run, seeds, torch.device("cpu"), 1024, 2, heads)
-    out = train_sequence(m, sched, meth, data, seeds=seeds, epochs=5, batch_size=32, per_task_heads=heads,
+    epochs = 5 if model == "mlp" else 1          # the hybrid: that it runs with each method and head (CPU time)
+    out = train_sequence(m, sched, meth, data, seeds=seeds, epochs=epochs, batch_size=32, per_task_heads=heads,
                          cuda_graphs=False, log=lambda *a: None)
     R = out["accuracy"]
     assert R.shape == (2, 2, 2) and out["untrained_accuracy"].shape == (2, 2)
-    assert out["train_loss"].shape == (2, 2, 5) and np.isfinite(out["train_loss"]).all()
+    assert out["train_loss"].shape == (2, 2, epochs) and np.isfinite(out["train_loss"]).all()
     if model == "mlp":
         assert np.diagonal(R, axis1=1, axis2=2).mean() > 0.4, R   # the tasks learned (chance 0.1)
 
