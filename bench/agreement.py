@@ -1,4 +1,4 @@
-"""Our EWC / SI / replay / joint against Avalanche's strategies, on one small shared config (issue 16.2).
+"""Our EWC / SI / replay / joint against Avalanche's strategies, on one small shared config.
 
     PYTHONPATH=. /path/to/scratch-venv/bin/python bench/agreement.py [--seeds 3] [--tasks 3] [--subset 10000]
         [--methods none,ewc,si,replay,joint] [--json out.json]

@@ -1,4 +1,4 @@
-"""pmnist.download against broken and hostile mirrors (issue 14.4): a gzip bomb, an endless stream, a
+"""pmnist.download against broken and hostile mirrors: a gzip bomb, an endless stream, a
 server that drips bytes or goes silent, corrupt, truncated, wrong or missing files, a refused scheme.
 Each fails with one line per mirror naming the file, within its caps of memory and time, and writes
 nothing; the real offline mirror verifies by directory, file:// URL and http. Offline: the servers

@@ -1,4 +1,4 @@
-"""Protocol options for published settings (issue 18): protocol.pad_to (28 | 32), train.iterations_per_task,
+"""Protocol options for published settings: protocol.pad_to (28 | 32), train.iterations_per_task,
 and per-run model sizes. The defaults must leave every result of the study bit-identical."""
 import hashlib
 from pathlib import Path
