@@ -10,8 +10,18 @@ ifneq ($(strip $(MNIST_MIRROR)),)
     export MNIST_MIRROR := $(abspath $(MNIST_MIRROR))
   endif
 endif
+ifneq ($(strip $(FASHION_MNIST_MIRROR)),)
+  ifeq ($(findstring ://,$(FASHION_MNIST_MIRROR)),)
+    export FASHION_MNIST_MIRROR := $(abspath $(FASHION_MNIST_MIRROR))
+  endif
+endif
+ifneq ($(strip $(CIFAR10_MIRROR)),)
+  ifeq ($(findstring ://,$(CIFAR10_MIRROR)),)
+    export CIFAR10_MIRROR := $(abspath $(CIFAR10_MIRROR))
+  endif
+endif
 
-.PHONY: setup repro literature test smoke bench
+.PHONY: setup repro literature sequence test smoke bench
 
 $(VENV): requirements.txt
 	python3 -m venv .venv
@@ -31,6 +41,10 @@ repro: $(VENV)
 # The literature set (published settings reproduced): its own pipeline, literature/dvc.yaml.
 literature: $(VENV)
 	dvc repro literature/dvc.yaml
+
+# The dataset-sequence study (the design note's claims): its own pipeline, sequence/dvc.yaml.
+sequence: $(VENV)
+	dvc repro sequence/dvc.yaml
 
 test: $(VENV)
 	$(PY) -m pytest -q tests

@@ -35,3 +35,23 @@ def mnist_dir(tmp_path_factory, params):
 def mnist(mnist_dir):
     """(train_x uint8 [60000, 784], train_y, test_x, test_y)."""
     return load_mnist(mnist_dir)
+
+
+# Three kinds of test, selectable with `-m`: `unit` (the library, no DVC), `pipeline` (through `dvc repro`
+# on tiny copies of the repo, the way users meet it) and `study` (checks on the committed results, locks
+# and the DVC graph). A test file belongs to one kind; a new file is `unit` unless listed here.
+PIPELINE = {"test_pipeline.py", "test_experiments.py", "test_failures_repro.py", "test_fresh_clone.py",
+            "test_literature.py", "test_sequence_pipeline.py"}
+STUDY = {"test_committed_results.py", "test_study_params.py", "test_codedeps.py", "test_dvc_graph.py"}
+
+
+def pytest_configure(config):
+    for kind, what in (("unit", "the library, no DVC"), ("pipeline", "through dvc repro on tiny copies"),
+                       ("study", "the committed results, locks and DVC graph")):
+        config.addinivalue_line("markers", f"{kind}: {what}")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        name = item.path.name
+        item.add_marker("pipeline" if name in PIPELINE else "study" if name in STUDY else "unit")
