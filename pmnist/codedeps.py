@@ -1,15 +1,18 @@
-"""The code a training run executes, as a manifest DVC can depend on.
+"""The code a training run executes, as manifests DVC can depend on.
 
 DVC's `foreach` cannot give each `train@<run>` its own list of code deps (its templates interpolate no
-list into `deps`), so the stage `code` writes one manifest per run instead, results/code/<run>.txt: the
-md5 of every project file the run imports, found by following the `import` statements (static, so lazy
-and CUDA-only imports count too) from stages/train.py and from the run's own model, optimizer and method
-(the registries name them as "module:attr" strings). `train@<run>` depends on its manifest, so an edit
-reruns exactly the runs that import the edited file: editing muon.py reruns the Muon and M3 runs only.
+list into `deps`), so the stage `code` writes small manifests instead, under results/code/: `loop.txt`
+for what every run executes (stages/train.py and what it imports) and one per registry entry
+(`model_mlp.txt`, `optimizer_muon.txt`, `method_ewc.txt`: the entry's own lines and the files its module
+imports beyond the loop's), each line the md5 of one file. Imports are followed statically (lazy and
+CUDA-only ones count too) from the "module:attr" strings the registries name. `train@<run>` depends on
+loop.txt and its own model's, optimizer's and method's manifests, so an edit reruns exactly the runs
+that import the edited file (editing muon.py reruns the Muon runs only), and a change of params reruns
+no manifest (the stage reads none).
 
-A registry module (pmnist/models, optim, methods/__init__.py) is one file holding every entry; a run
-depends on it with the other entries' lines left out, so adding a model, optimizer or method reruns
-nothing, while an edit to the run's own entry or to the module's code does. Torch-free.
+A registry module (pmnist/models, optim, methods/__init__.py) is one file holding every entry: the loop
+counts it without its entries, each entry's manifest counts its own lines, so adding a model, optimizer
+or method reruns nothing. Torch-free.
 """
 import ast
 import hashlib
@@ -17,6 +20,7 @@ from pathlib import Path
 
 PACKAGES = ("pmnist", "stages")                      # the project's own code; anything else is a library
 REGISTRIES = {"pmnist.models": "MODELS", "pmnist.optim": "OPTIMIZERS", "pmnist.methods": "METHODS"}
+AXES = {"pmnist.models": "model", "pmnist.optim": "optimizer", "pmnist.methods": "method"}  # manifest prefixes
 TRAIN_ENTRY = "stages.train"
 
 
@@ -64,36 +68,61 @@ def import_closure(root: Path, entries) -> dict:
     return out
 
 
-def registry_text(source: str, registry: str, keep: str) -> str:
-    """The registry module's source with every entry of the dict `registry` other than `keep` left out."""
+def registry_text(source: str, registry: str, keep=None) -> str:
+    """The registry module's source with every entry of the dict `registry` but `keep` (None: all) left out."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
     drop = set()
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == registry for t in node.targets) \
-                and isinstance(node.value, ast.Dict):
-            for key, value in zip(node.value.keys, node.value.values):
-                if isinstance(key, ast.Constant) and key.value != keep:
-                    drop.update(range(key.lineno - 1, value.end_lineno))
+    for key, value in _entries(tree, registry):
+        if key.value != keep:
+            drop.update(range(key.lineno - 1, value.end_lineno))
     return "".join(line for i, line in enumerate(lines) if i not in drop)
 
 
-def run_entries(run: dict, models: dict, optimizers: dict, methods: dict) -> dict:
-    """registry package -> the name of the run's entry in it; plus the run's implementation modules."""
-    chosen = {"pmnist.models": run["model"], "pmnist.optim": run["optimizer"], "pmnist.methods": run["method"]}
-    specs = [models[run["model"]], optimizers[run["optimizer"]], methods[run["method"]]]
-    return chosen, [spec.target.split(":")[0] for spec in specs]
+def entry_text(source: str, registry: str, name: str) -> str:
+    """The source lines of one entry of the dict `registry`."""
+    lines = source.splitlines(keepends=True)
+    for key, value in _entries(ast.parse(source), registry):
+        if key.value == name:
+            return "".join(lines[key.lineno - 1:value.end_lineno])
+    raise KeyError(f"{registry} has no entry {name!r}")
 
 
-def manifest(root: Path, run: dict, models: dict, optimizers: dict, methods: dict) -> str:
-    """results/code/<run>.txt: `md5  path` per file the run executes, sorted; registry modules as
-    `md5  path [entry]` over their text without the other entries."""
-    chosen, targets = run_entries(run, models, optimizers, methods)
-    files = import_closure(root, [TRAIN_ENTRY, *targets])
-    lines = []
-    for name, path in sorted(files.items(), key=lambda item: item[1].relative_to(root).as_posix()):
-        rel, text = path.relative_to(root).as_posix(), path.read_text()
-        if name in REGISTRIES:
-            text, rel = registry_text(text, REGISTRIES[name], chosen[name]), f"{rel} [{chosen[name]}]"
-        lines.append(f"{hashlib.md5(text.encode()).hexdigest()}  {rel}\n")
-    return "".join(lines)
+def _entries(tree, registry):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == registry for t in node.targets) \
+                and isinstance(node.value, ast.Dict):
+            yield from ((k, v) for k, v in zip(node.value.keys, node.value.values) if isinstance(k, ast.Constant))
+
+
+def _line(text, label):
+    return f"{hashlib.md5(text.encode()).hexdigest()}  {label}\n"
+
+
+def _rel(root, path):
+    return path.relative_to(root).as_posix()
+
+
+def manifests(root: Path, registries: dict) -> dict:
+    """File name -> content of results/code/: `loop.txt` (what every run executes: stages/train.py and
+    what it imports, the registry modules without their entries) and one file per registry entry,
+    `<axis>_<name>.txt` (the entry's own lines and the files its module imports beyond the loop's).
+    registries: registry package (pmnist.models, ...) -> its dict of specs. Sorted `md5  path` lines."""
+    loop = import_closure(root, [TRAIN_ENTRY])
+    lines = [_line(registry_text(path.read_text(), REGISTRIES[name]), f"{_rel(root, path)} [no entries]")
+             if name in REGISTRIES else _line(path.read_text(), _rel(root, path)) for name, path in loop.items()]
+    out = {"loop.txt": "".join(sorted(lines, key=lambda line: line[34:]))}
+    for package, specs in registries.items():
+        index = module_path(root, package)
+        for entry, spec in specs.items():
+            own = import_closure(root, [spec.target.split(":")[0]])
+            lines = [_line(entry_text(index.read_text(), REGISTRIES[package], entry), f"{_rel(root, index)} [{entry}]")]
+            lines += [_line(path.read_text(), _rel(root, path)) for name, path in own.items() if name not in loop]
+            out[f"{AXES[package]}_{entry}.txt"] = "".join(sorted(lines, key=lambda line: line[34:]))
+    return out
+
+
+def run_files(run: dict) -> list:
+    """The manifests a run depends on (results/code/ names): the loop's and its own model's, optimizer's
+    and method's, as dvc.yaml's train stage lists them."""
+    return ["loop.txt", f"model_{run['model']}.txt", f"optimizer_{run['optimizer']}.txt", f"method_{run['method']}.txt"]

@@ -1,6 +1,6 @@
-"""Each training run depends on its own code only (pmnist/codedeps.py, stage `code`): its manifest lists
-every project file it loads, nothing of another run's model, optimizer or method, and a registry entry
-added for something else leaves it unchanged."""
+"""Each training run depends on its own code only (pmnist/codedeps.py, stage `code`): the manifests of
+the loop and of its model, optimizer and method list every project file it loads, nothing of another
+run's model, optimizer or method, and a registry entry added for something else changes none of them."""
 import json
 import shutil
 import subprocess
@@ -10,15 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pmnist.codedeps import import_closure, manifest, registry_text, run_entries
+from pmnist.codedeps import entry_text, import_closure, manifests, registry_text, run_files
 from pmnist.config import load_params
 from pmnist.methods import METHODS
 from pmnist.models import MODELS
 from pmnist.optim import OPTIMIZERS
 
 ROOT = Path(__file__).resolve().parents[1]
+REGISTRIES = {"pmnist.models": MODELS, "pmnist.optim": OPTIMIZERS, "pmnist.methods": METHODS}
 RUNS = load_params(ROOT / "params.yaml")["runs"]
-# One run per distinct (model, optimizer, method): they share a manifest's file list.
+MANIFESTS = manifests(ROOT, REGISTRIES)
+# One run per distinct (model, optimizer, method): they share their manifests.
 KINDS = {}
 for _name, _run in RUNS.items():
     KINDS.setdefault((_run["model"], _run["optimizer"], _run["method"]), _name)
@@ -32,13 +34,14 @@ print(json.dumps(sorted(m.__file__ for m in list(sys.modules.values()) if getatt
 """
 
 
-def files_of(text):
-    return {line.split("  ", 1)[1].split(" [")[0] for line in text.splitlines()}
+def files_of(run, texts=MANIFESTS):
+    return {line.split("  ", 1)[1].split(" [")[0] for name in run_files(run) for line in texts[name].splitlines()}
 
 
 @pytest.mark.parametrize("run", sorted(KINDS.values()))
-def test_manifest_lists_every_project_file_the_run_loads(run):
-    _, targets = run_entries(RUNS[run], MODELS, OPTIMIZERS, METHODS)
+def test_manifests_list_every_project_file_the_run_loads(run):
+    targets = [REGISTRIES[p][RUNS[run][axis]].target.split(":")[0]
+               for p, axis in (("pmnist.models", "model"), ("pmnist.optim", "optimizer"), ("pmnist.methods", "method"))]
     out = subprocess.run([sys.executable, "-c", PROBE, *targets], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     loaded = set()
@@ -46,45 +49,44 @@ def test_manifest_lists_every_project_file_the_run_loads(run):
         path = Path(f).resolve() if Path(f).is_absolute() else None
         if path and path.is_relative_to(ROOT) and path.relative_to(ROOT).parts[0] in ("pmnist", "stages"):
             loaded.add(path.relative_to(ROOT).as_posix())
-    missing = loaded - files_of(manifest(ROOT, RUNS[run], MODELS, OPTIMIZERS, METHODS))
-    assert not missing, f"run {run!r} loads {sorted(missing)} but its manifest does not list them"
+    missing = loaded - files_of(RUNS[run])
+    assert not missing, f"run {run!r} loads {sorted(missing)} but its manifests do not list them"
 
 
 def test_a_run_does_not_depend_on_another_runs_optimizer():
-    baseline = files_of(manifest(ROOT, RUNS["baseline"], MODELS, OPTIMIZERS, METHODS))
-    muon = files_of(manifest(ROOT, RUNS["muon"], MODELS, OPTIMIZERS, METHODS))
+    baseline, muon = files_of(RUNS["baseline"]), files_of(RUNS["muon"])
     assert "pmnist/optim/muon.py" in muon and "pmnist/optim/muon.py" not in baseline
     assert "pmnist/fast/m3_triton.py" not in baseline and "pmnist/methods/ewc.py" not in baseline
 
 
 def test_the_committed_manifests_are_the_codes_own():
-    """results/code/ is what the stage writes for today's code and params (dvc.lock hashes it)."""
-    for name, run in RUNS.items():
-        committed = (ROOT / "results" / "code" / f"{name}.txt").read_text()
-        assert committed == manifest(ROOT, run, MODELS, OPTIMIZERS, METHODS), f"results/code/{name}.txt is stale"
+    """results/code/ (and literature/results/code/) is what the stage writes for today's code."""
+    for folder in (ROOT / "results" / "code", ROOT / "literature" / "results" / "code"):
+        assert {p.name: p.read_text() for p in folder.iterdir()} == MANIFESTS, f"{folder} is stale: dvc repro code"
 
 
-def test_a_new_registry_entry_changes_no_manifest_and_an_edited_entry_changes_its_runs(tmp_path):
+def test_a_new_registry_entry_changes_no_manifest_and_an_edited_entry_only_its_own():
     source = (ROOT / "pmnist" / "optim" / "__init__.py").read_text()
     anchor = '    "adam": Spec('
     assert anchor in source
     added = source.replace(anchor, '    "lion": Spec("pmnist.optim.lion:Lion", {"betas": [0.9, 0.99]}),\n' + anchor)
-    assert registry_text(added, "OPTIMIZERS", "adam") == registry_text(source, "OPTIMIZERS", "adam")
+    assert registry_text(added, "OPTIMIZERS") == registry_text(source, "OPTIMIZERS")
+    assert entry_text(added, "OPTIMIZERS", "adam") == entry_text(source, "OPTIMIZERS", "adam")
     edited = source.replace('"eps": 1e-8}, graph_safe=True, test_lr=2e-3', '"eps": 1e-7}, graph_safe=True, test_lr=2e-3')
     assert edited != source
-    assert registry_text(edited, "OPTIMIZERS", "adam") != registry_text(source, "OPTIMIZERS", "adam")
-    assert registry_text(edited, "OPTIMIZERS", "muon") == registry_text(source, "OPTIMIZERS", "muon")
+    assert entry_text(edited, "OPTIMIZERS", "adam") != entry_text(source, "OPTIMIZERS", "adam")
+    assert entry_text(edited, "OPTIMIZERS", "muon") == entry_text(source, "OPTIMIZERS", "muon")
+    assert registry_text(edited, "OPTIMIZERS") == registry_text(source, "OPTIMIZERS")
 
 
-def test_an_edited_module_changes_the_manifest_of_its_importers_only(tmp_path):
+def test_an_edited_module_changes_the_manifests_of_its_importers_only(tmp_path):
     for package in ("pmnist", "stages"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
-    before = {r: manifest(tmp_path, RUNS[r], MODELS, OPTIMIZERS, METHODS) for r in ("baseline", "muon", "m3")}
     with open(tmp_path / "pmnist" / "optim" / "newton_schulz.py", "a") as f:
         f.write("\n# an edit\n")
-    after = {r: manifest(tmp_path, RUNS[r], MODELS, OPTIMIZERS, METHODS) for r in before}
-    assert after["baseline"] == before["baseline"]
-    assert after["muon"] != before["muon"] and after["m3"] != before["m3"]
+    after = manifests(tmp_path, REGISTRIES)
+    changed = sorted(name for name in MANIFESTS if after[name] != MANIFESTS[name])
+    assert changed == ["optimizer_m3.txt", "optimizer_muon.txt"]
 
 
 def test_closure_follows_relative_and_package_imports(tmp_path):
@@ -96,9 +98,16 @@ def test_closure_follows_relative_and_package_imports(tmp_path):
     assert sorted(import_closure(tmp_path, ["pmnist.top"])) == ["pmnist", "pmnist.sub", "pmnist.sub.leaf", "pmnist.top"]
 
 
-def test_train_stages_depend_on_their_manifest_not_on_the_code_folders():
-    for pipeline, prefix in (("dvc.yaml", ""), ("literature/dvc.yaml", "")):
+def test_train_stages_depend_on_their_manifests_not_on_the_code_folders():
+    for pipeline in ("dvc.yaml", "literature/dvc.yaml"):
         train = yaml.safe_load((ROOT / pipeline).read_text())["stages"]["train"]["do"]
         code = [d for d in train["deps"] if "pmnist" in d or "stages" in d]
-        assert code == [], f"{pipeline}: train lists code {code}; its code comes through results/code/<run>.txt"
-        assert any(d.startswith("results/code/") for d in train["deps"]), pipeline
+        assert code == [], f"{pipeline}: train lists code {code}; its code comes through results/code/"
+        assert sum("results/code/" in d for d in train["deps"]) == 4, pipeline
+
+
+def test_literature_items_name_their_runs_model_optimizer_and_method():
+    items = yaml.safe_load((ROOT / "literature" / "dvc.yaml").read_text())["stages"]["train"]["foreach"]
+    for key, item in items.items():
+        run = yaml.safe_load((ROOT / "literature" / item["setting"] / "params.yaml").read_text())["runs"][item["run"]]
+        assert (item["model"], item["optimizer"], item["method"]) == (run["model"], run["optimizer"], run["method"]), key

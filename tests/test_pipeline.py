@@ -18,7 +18,8 @@ from smoke import run
 RUNS = ["baseline", "cms"]  # smoke.TWO_RUNS
 N_SEEDS, N_TASKS = 2, 2
 MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-ALL_STAGES = {"download", "permutations", "split", *(f"train@{r}" for r in RUNS), "aggregate", "stats", "plots", "report"}
+ALL_STAGES = {"download", "permutations", "split", "code", *(f"train@{r}" for r in RUNS), "aggregate", "stats", "timescale",
+              "plots", "report"}
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +131,8 @@ def test_noop_repro_reports_nothing_to_do(work):
 def test_plot_option_reruns_only_plots(work):
     try:
         set_param(work, "plots.dpi", 80)
-        assert set(status(work)) == {"plots"}
-        assert ran_stages(run(["dvc", "repro", "--dry"], work, timeout=300).stdout) == {"plots"}
+        assert set(status(work)) == {"plots", "timescale"}   # the two stages that draw figures
+        assert ran_stages(run(["dvc", "repro", "--dry"], work, timeout=300).stdout) == {"plots", "timescale"}
     finally:
         run(["git", "checkout", "--", "params.yaml"], work)
     assert status(work) == {}
@@ -141,10 +142,10 @@ def test_one_runs_lr_reruns_that_run_and_what_follows(work):
     try:
         set_param(work, "runs.cms.lr", 5e-4)
         # Stages whose own params changed: train@cms (runs.cms) and those that read all of `runs`.
-        assert set(status(work)) == {"train@cms", "aggregate", "plots", "report"}
+        assert set(status(work)) == {"train@cms", "aggregate", "timescale", "plots", "report"}
         # With what follows from them (stats reads results/summary.csv): nothing upstream, not the other run.
         dry = run(["dvc", "repro", "--dry", "--force-downstream"], work, timeout=300).stdout
-        assert ran_stages(dry) == {"train@cms", "aggregate", "stats", "plots", "report"}
+        assert ran_stages(dry) == {"train@cms", "aggregate", "stats", "timescale", "plots", "report"}
         assert "Stage 'train@baseline' didn't change, skipping" in dry
     finally:
         run(["git", "checkout", "--", "params.yaml"], work)
