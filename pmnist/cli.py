@@ -33,11 +33,20 @@ class Stopped(BaseException):
     """SIGINT or SIGTERM, raised as an exception so atomic writes clean up their temp files on the way out."""
 
 
+_received = []   # stop signals that came after the first (noted, not acted on)
+
+
+def _note(signum, frame):
+    _received.append(signum)
+
+
 def _stop(signum, frame):
     # Once: a second signal (the parent-death signal and the watcher both send SIGTERM; Ctrl-C twice) must
-    # not interrupt the clean-up of temp files or the interpreter's exit.
+    # not interrupt the clean-up of temp files or the interpreter's exit. Noted rather than ignored: a
+    # signal already pending when the handler becomes SIG_IGN makes Python raise "ignored due to race
+    # condition" in the middle of the clean-up.
     for other in STOP_SIGNALS:
-        signal.signal(other, signal.SIG_IGN)
+        signal.signal(other, _note)
     raise Stopped(signum, _orphaned[0] if _orphaned else None)  # why, as known when the signal came
 
 
@@ -175,6 +184,11 @@ def run_stage(main, *args):
     except Stopped as e:
         signum = e.args[0]
         why = e.args[1] or (_wait_ended(1.0) if signum == signal.SIGHUP else None)
+        direct = [n for n in _received if n in (signal.SIGINT, signal.SIGTERM)]
+        if signum == signal.SIGHUP and direct:
+            # The whole process group was signalled (Ctrl-C, kill -TERM -- -pgid): DVC ended of it too, and
+            # Python ran the parent-death SIGHUP first (it handles pending signals lowest number first).
+            signum, why = direct[0], None
         if why:
             _say(f"error: stopped because {why} (killed?) before the stage finished; earlier outputs are "
                  f"untouched and no partial file was left; `dvc repro` reruns it")
