@@ -6,9 +6,10 @@ bug and keeps its traceback. Outputs are written atomically (pmnist.io) and DVC 
 
 A stage dies with the process that runs it: when `dvc repro`, `dvc exp run` or a queue worker ends,
 whatever the signal (SIGKILL included), the stage stops within about a second, the same way as on
-SIGTERM (no partial file), and says why. Linux: prctl(PR_SET_PDEATHSIG, SIGTERM) for the direct
+SIGTERM (no partial file), and says why. Linux: prctl(PR_SET_PDEATHSIG, SIGHUP) for the direct
 parent; everywhere: a watcher thread that checks twice a second that every ancestor up to the
-outermost DVC process is still alive (DVC may run the command through a shell that outlives it).
+outermost DVC process is still alive. DVC runs the command through $SHELL -c, or /bin/sh -c where
+SHELL is unset: bash execs the command (DVC is the parent), dash stays as the parent and outlives DVC.
 Torch-free: analysis stages start fast."""
 import ctypes
 import os
@@ -51,11 +52,13 @@ def _stop(signum, frame):
 
 
 def _proc_stat(pid):
-    """(ppid, start time) of a process from /proc, or None when it is gone (or there is no /proc)."""
+    """(ppid, start time) of a running process from /proc, or None when it is gone (or there is no /proc).
+    A zombie counts as gone: it has exited, and keeps its /proc entry only until its own parent reaps it
+    (a test or a script that signals `dvc exp run` and reads its output before waiting on it)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[1]), fields[19]
+        return None if fields[0] in ("Z", "X") else (int(fields[1]), fields[19])
     except (OSError, IndexError, ValueError):
         return None
 
@@ -108,7 +111,7 @@ def _alive(pid, start):
 def _gone(parent):
     for pid, _, cmd in _ancestors:
         if pid == parent:
-            return f"its parent {describe(pid, cmd)} ended"
+            return f"{describe(pid, cmd)} ended"
     return f"its parent process (pid {parent}) ended"
 
 

@@ -198,15 +198,24 @@ def session_alive(pgid):
         return False
 
 
-@pytest.mark.parametrize("sig", ["KILL", "TERM"])
-def test_training_dies_with_dvc(trained, sig):
+def stage_env(shell):
+    """DVC runs a stage as `$SHELL -c cmd`, or `/bin/sh -c cmd` where SHELL is unset (as under many CI runners):
+    bash execs the command, so DVC is the stage's parent; dash stays in between and outlives DVC."""
+    env = {**smoke.venv_env(), "OMP_NUM_THREADS": "1"}
+    env.pop("SHELL", None)
+    return {**env, "SHELL": shell} if shell else env
+
+
+@pytest.mark.parametrize("sig,shell", [("KILL", "/bin/bash"), ("TERM", None)], ids=["KILL-bash", "TERM-sh"])
+def test_training_dies_with_dvc(trained, sig, shell):
     """`timeout --foreground` signals DVC alone (not its process group), as when DVC, `dvc exp run` or a queue
-    worker is killed: the stage notices within a second, stops cleanly, and says why."""
+    worker is killed: the stage notices within a second, stops cleanly, and says why, whether DVC was its
+    parent (bash) or its grandparent (sh)."""
     repo = trained
     edit_params(repo, lambda p: p["train"].update(epochs=1000))  # trains far longer than the timeout
     before = snapshot(repo)
     p = subprocess.Popen(["timeout", "--foreground", "-s", sig, "40", "dvc", "repro", *TRAINED], cwd=repo, text=True,
-                         env={**smoke.venv_env(), "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                         env=stage_env(shell), start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = p.communicate(timeout=300)  # EOF: every writer, the stage included, has exited
     assert " epoch 1/1000 " in out, out  # training had started when DVC was killed
@@ -214,7 +223,7 @@ def test_training_dies_with_dvc(trained, sig):
     while session_alive(p.pid) and time.monotonic() - ended < 10:
         time.sleep(0.1)
     assert not session_alive(p.pid), "the stage outlived DVC"
-    assert "error: stopped because its parent `dvc repro train@baseline train@cms` (pid " in out, out
+    assert "error: stopped because `dvc repro train@baseline train@cms` (pid " in out, out
     assert "earlier outputs are untouched and no partial file was left" in out, out
     assert snapshot(repo) == before
     edit_params(repo, lambda p: p["train"].update(epochs=1))  # back to the committed params: nothing to redo
@@ -229,15 +238,16 @@ RECOVERY = [["git", "checkout", "-q", "main"],                                  
 
 def test_interrupted_experiment_recovers_with_the_documented_commands(trained):
     """`dvc exp run` stopped by SIGTERM mid-training: DVC dies at once and leaves HEAD detached with its
-    rewritten params.yaml staged (and may leave dvc.lock rewritten); the stage stops cleanly. The README's two
-    commands restore the branch and the committed params.yaml and dvc.lock bytes, and git status is clean;
-    the experiment then runs as usual."""
+    rewritten params.yaml staged (and may leave dvc.lock rewritten); the stage stops cleanly, though DVC is
+    its grandparent (SHELL unset: /bin/sh stays in between) and lingers as a zombie until this test reaps
+    it. The README's two commands restore the branch and the committed params.yaml and dvc.lock bytes, and
+    git status is clean; the experiment then runs as usual."""
     repo = trained
     original = (repo / "params.yaml").read_bytes()
     before = snapshot(repo)
     outputs = lambda snap: {k: v for k, v in snap.items() if k != "dvc.lock"}
     p = subprocess.Popen(["dvc", "exp", "run", "-S", "runs.cms.lr=1e-4", "-S", "train.epochs=1000", "train@cms"],
-                         cwd=repo, env={**smoke.venv_env(), "OMP_NUM_THREADS": "1"}, text=True,
+                         cwd=repo, env=stage_env(None), text=True,
                          start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []
     for line in p.stdout:
@@ -249,7 +259,7 @@ def test_interrupted_experiment_recovers_with_the_documented_commands(trained):
         pytest.fail("training never started:\n" + "".join(lines))
     out = "".join(lines) + p.stdout.read()  # EOF: the stage has exited too
     p.wait(timeout=60)
-    assert "error: stopped because its parent `dvc exp run -S runs.cms.lr=1e-4 -S train.epochs=1000 train@cms` (pid " \
+    assert "error: stopped because `dvc exp run -S runs.cms.lr=1e-4 -S train.epochs=1000 train@cms` (pid " \
         in out, out
     assert outputs(snapshot(repo)) == outputs(before)  # results and data untouched (DVC may rewrite dvc.lock)
     assert run(["git", "status", "--porcelain"], repo).stdout != ""  # what DVC leaves: params.yaml staged ...

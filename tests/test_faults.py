@@ -343,3 +343,18 @@ def test_params_that_are_not_yaml_are_named(repo, monkeypatch):
     monkeypatch.chdir("literature")
     msg = stage("literature")
     assert msg.startswith("error: literature/params.yaml: not valid YAML: ") and "\n" not in msg.strip(), msg
+
+
+def test_an_ended_process_not_yet_reaped_counts_as_gone():
+    """A process that has exited but whose parent has not waited on it (a zombie, as `dvc exp run` is while
+    the script that signalled it still reads its output) keeps its /proc entry: the stage's watcher must
+    still see it as ended."""
+    from pmnist.cli import _proc_stat
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert _proc_stat(os.getpid()) is not None
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.05)
+    assert _proc_stat(child.pid) is None  # exited, still unreaped
+    child.wait()
