@@ -5,7 +5,6 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pmnist import train as loop
@@ -13,7 +12,7 @@ from pmnist.data import validation_split
 from pmnist.datasets import N_CLASSES, harmonise, read_dataset
 from pmnist.errors import DivergenceError
 from pmnist.models import MODELS, validate_model_config
-from pmnist.train import GraphedStep, TrainStep
+from pmnist.train import GraphedStep, TrainStep, format_duration
 from pmnist.validate import fail
 
 
@@ -109,8 +108,8 @@ class TaskHeads(nn.Module):
 
 # ---- training ---------------------------------------------------------------------------------------
 class SequenceStep(TrainStep):
-    """pmnist.train.TrainStep (its update: the scheduler's step, the method's after_step; replayed from
-    CUDA graphs by GraphedStep) with a forward that reads each sample from its task's rows of the pool."""
+    """pmnist.train.TrainStep (its loss, backward, tallies and update; replayed from CUDA graphs by
+    GraphedStep) whose batch reads each sample from its task's rows of the pool."""
 
     def __init__(self, model, scheduler, method, data, n_seeds, per_task_heads):
         self.model, self.scheduler, self.method = model, scheduler, method
@@ -120,31 +119,19 @@ class SequenceStep(TrainStep):
         self.sizes = torch.tensor(data.train_sizes, dtype=torch.long, device=device)
         self.task = torch.zeros((), dtype=torch.long, device=device)      # the current task, set in place
         self.per_task_heads = per_task_heads
-        self.loss_sum = torch.zeros(n_seeds, device=device)
-        self.first_bad = torch.full((n_seeds,), -1, dtype=torch.long, device=device)
-        self.step_count = torch.zeros((), dtype=torch.long, device=device)
+        self.start_tallies(n_seeds, device)
 
     def start_task(self, task):
         self.task.fill_(task)
         if self.per_task_heads:
             self.model.current.fill_(task)
 
-    def forward_backward(self, idx, tasks):
+    def logits_and_labels(self, idx, tasks):
         tasks = self.task.expand_as(idx) if tasks is None else tasks
         rows = self.offsets[tasks] + idx % self.sizes[tasks]                 # [S, W]
         x = self.train_x[rows].to(torch.get_default_dtype()).div_(255)       # [S, W, D]
         logits = self.model(x, tasks) if self.per_task_heads else self.model(x)
-        loss = F.cross_entropy(logits.flatten(0, 1), self.train_y[rows].flatten(), reduction="none")
-        loss = loss.view(idx.shape[0], -1).mean(1)
-        penalty = self.method.penalty()
-        self.scheduler.zero_grad()
-        self.method.backward(loss, penalty)
-        loss = loss.detach()
-        objective = loss if penalty is None else loss + penalty.detach()
-        self.loss_sum += loss
-        newly_bad = (self.first_bad < 0) & ~torch.isfinite(objective)
-        self.first_bad.copy_(torch.where(newly_bad, self.step_count, self.first_bad))
-        self.step_count += 1
+        return logits, self.train_y[rows]
 
 
 def evaluate_tasks(model, data, n_seeds, per_task_heads, chunk=2000):
@@ -162,10 +149,6 @@ def evaluate_tasks(model, data, n_seeds, per_task_heads, chunk=2000):
                 correct += (logits.argmax(-1) == data.eval_y[rows]).sum(1)
             out[:, t] = (correct.double() / n).cpu()
     return out
-
-
-def _fmt(seconds):
-    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if math.isfinite(seconds) else "?"
 
 
 def train_sequence(model, scheduler, method, data, *, seeds, epochs, batch_size, iterations_per_task=0,
@@ -212,8 +195,8 @@ def train_sequence(model, scheduler, method, data, *, seeds, epochs, batch_size,
             train_loss[:, task, epoch] = (step.loss_sum / len(batches)).double().cpu()
             elapsed = time.time() - start
             log(f"[{name}] seeds {seeds[0]}..{seeds[-1]} task {task + 1}/{n_tasks} ({data.names[task]}) epoch "
-                f"{epoch + 1}/{n_epochs[task]} loss {train_loss[:, task, epoch].mean():.4f} | elapsed {_fmt(elapsed)} "
-                f"ETA {_fmt(elapsed / done * (total - done))}")
+                f"{epoch + 1}/{n_epochs[task]} loss {train_loss[:, task, epoch].mean():.4f} | "
+                f"elapsed {format_duration(elapsed)} ETA {format_duration(elapsed / done * (total - done))}")
         scheduler.flush()
         lo = data.train_offsets[task]
         method.end_task(task, data.train_x[lo:lo + n], identity)

@@ -69,7 +69,7 @@ def evaluate_all_tasks(model, images, labels, permutations):
     return torch.stack([evaluate(model, images, labels, permutations[:, t]) for t in range(permutations.shape[1])], 1)
 
 
-def _fmt(seconds):
+def format_duration(seconds):
     return time.strftime("%H:%M:%S", time.gmtime(seconds)) if math.isfinite(seconds) else "?"
 
 
@@ -89,6 +89,9 @@ class TrainStep:
         n_seeds, device = permutations.shape[0], train_x.device
         self.perm = torch.zeros(n_seeds, train_x.shape[1], dtype=torch.long, device=device)  # current task's
         self.seed_index = torch.arange(n_seeds, device=device)[:, None]
+        self.start_tallies(n_seeds, device)
+
+    def start_tallies(self, n_seeds, device):
         self.loss_sum = torch.zeros(n_seeds, device=device)
         self.first_bad = torch.full((n_seeds,), -1, dtype=torch.long, device=device)
         self.step_count = torch.zeros((), dtype=torch.long, device=device)
@@ -100,10 +103,16 @@ class TrainStep:
         self.forward_backward(idx, tasks)
         self.update()
 
-    def forward_backward(self, idx, tasks):
+    def logits_and_labels(self, idx, tasks):
+        """The batch through the model: logits [S, W, C] and labels [S, W], each sample permuted by its
+        task's permutation. The one place a protocol's data enters the step (pmnist/sequence_train.py
+        reads samples from a pool of datasets instead)."""
         perm = self.perm if tasks is None else self.permutations[self.seed_index, tasks]  # [S, D] | [S, W, D]
-        logits = self.model(gather_batch(self.train_x, perm, idx))
-        loss = F.cross_entropy(logits.flatten(0, 1), self.train_y[idx].flatten(), reduction="none")
+        return self.model(gather_batch(self.train_x, perm, idx)), self.train_y[idx]
+
+    def forward_backward(self, idx, tasks):
+        logits, labels = self.logits_and_labels(idx, tasks)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
         loss = loss.view(idx.shape[0], -1).mean(1)
         penalty = self.method.penalty()
         self.scheduler.zero_grad()
@@ -203,7 +212,8 @@ def train_continual(model, scheduler, train_x, train_y, eval_x, eval_y, permutat
             steps = (f" (steps {iterations_per_task - steps_left - len(batches) + 1}-{iterations_per_task - steps_left}"
                      f" of {iterations_per_task})" if iterations_per_task else "")
             log(f"[{name}] seeds {seeds[0]}..{seeds[-1]} task {task + 1}/{n_tasks} epoch {epoch + 1}/{n_epochs}{steps} "
-                f"loss {train_loss[:, task, epoch].mean():.4f} | elapsed {_fmt(elapsed)} ETA {_fmt(eta)}")
+                f"loss {train_loss[:, task, epoch].mean():.4f} | elapsed {format_duration(elapsed)} "
+                f"ETA {format_duration(eta)}")
         scheduler.flush()  # apply partial chunks so the evaluation sees all of this task's gradients
         method.end_task(task, train_x, permutations[:, task])
         model.eval()
