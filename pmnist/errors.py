@@ -23,4 +23,4 @@ class DivergenceError(PmnistError, RuntimeError):
 
 
 class SelectionError(PmnistError, ValueError):
-    """stages/select.py cannot choose from the experiment table it was given."""
+    """tuning/select.py cannot choose from the experiment table it was given."""

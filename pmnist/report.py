@@ -231,7 +231,7 @@ def _secondary(tests, stats, alpha, dead=()):
 
 def _tuning(grid, params):
     if grid is None:
-        return ("No tuning grid: `results/tuning/grid.csv` is written by `python -m stages.select ... --write` "
+        return ("No tuning grid: `results/tuning/grid.csv` is written by `python -m tuning.select ... --write` "
                 "from a validation-split experiment grid (README, 'Choosing hyperparameters honestly').")
     order = [r for r in params["runs"] if any(g["run"] == r for g in grid)]
     order += [r for r in dict.fromkeys(g["run"] for g in grid) if r not in order]
@@ -243,7 +243,7 @@ def _tuning(grid, params):
         chosen = [g["value"] for g in points if g["chosen"]]
         if len(chosen) != 1:
             raise DataError(f"results/tuning/grid.csv: run {run!r} has {len(chosen)} chosen rows of {setting}, expected 1; "
-                            f"rewrite it with `python -m stages.select ... --write`")
+                            f"rewrite it with `python -m tuning.select ... --write`")
         values, v = [g["value"] for g in points], chosen[0]
         where = ("the only grid point" if len(values) == 1
                  else f"at the grid's lower edge: a smaller {setting} may be better" if v == values[0]
@@ -260,7 +260,7 @@ def _tuning(grid, params):
         "Each grid varies one setting of a run (its lr, its CMS periods, or one of its `method_args` / "
         "`optimizer_args`), chosen "
         "by final average accuracy on the **validation** split, on tuning seeds that do not overlap the "
-        "reporting seeds (`stages/select.py`).", "",
+        "reporting seeds (`tuning/select.py`).", "",
         _table(("grid of run", "setting", "value", "validation accuracy (%)", "chosen", "epochs per task",
                 "tuning seeds"), rows),
         "", *notes])

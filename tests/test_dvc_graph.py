@@ -147,3 +147,16 @@ def test_import_graph_has_no_cycles():
 
     for m in graph:
         visit(m, [])
+
+
+def test_stages_folder_holds_only_pipeline_stages():
+    """Every script in stages/ is the command of a stage in one of the pipelines (tools such as
+    tuning/select.py live elsewhere), and every stage command names a script that exists."""
+    commands = []
+    for pipeline in ["dvc.yaml", "literature/dvc.yaml", "sequence/dvc.yaml", "sequence/cifar10/dvc.yaml"]:
+        for definition in yaml.safe_load((ROOT / pipeline).read_text())["stages"].values():
+            commands.append(definition.get("do", definition)["cmd"])
+    used = {word.split(".", 1)[1] for cmd in commands for word in cmd.split() if word.startswith("stages.")}
+    scripts = {p.stem for p in (ROOT / "stages").glob("*.py") if p.stem != "__init__"}
+    assert scripts - used == set(), "scripts in stages/ that no pipeline runs"
+    assert used - scripts == set(), "stage commands naming a missing script"

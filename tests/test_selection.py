@@ -141,7 +141,7 @@ def test_grid_csv_keeps_other_runs_and_sorts_by_setting_and_value():
 
 
 def test_write_sets_the_grid_setting_in_params(tmp_path, monkeypatch):
-    from stages.select import _write_params
+    from tuning.select import _write_params
     (tmp_path / "params.yaml").write_text((Path(__file__).parents[1] / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
     choice = select(_edit(params=_lambda_grid), "baseline", REPORTING)
@@ -151,7 +151,7 @@ def test_write_sets_the_grid_setting_in_params(tmp_path, monkeypatch):
     from pmnist.config import load_params
     params = load_params(tmp_path / "params.yaml")
     assert params["runs"]["ewc"]["method_args"]["ewc_lambda"] == 10
-    assert params["provenance"]["ewc"].startswith("method_args.ewc_lambda 10 selected by stages/select.py: "
+    assert params["provenance"]["ewc"].startswith("method_args.ewc_lambda 10 selected by tuning/select.py: "
                                                   "best of the method_args.ewc_lambda grid [10, 100, 1000]")
     assert text.count("\n#") == (Path(__file__).parents[1] / "params.yaml").read_text().count("\n#")  # comments kept
     choice["run"] = "not_a_run"

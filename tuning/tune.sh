@@ -3,8 +3,8 @@
 # machine (torch installed; DVC's wheels in .whl/, MNIST's .gz files in .mnist/). Each line of GRID_FILE
 # holds the arguments of one `dvc exp run --queue` (e.g. `-S 'runs.cms.lr=5e-5,1e-4' train@cms`); every experiment gets
 # the tuning protocol: validation split, tuning seeds, the full number of epochs of params.yaml.
-#   bash bench/tune.sh GRID_FILE [WORKERS]   -> ${OUT:-.}/exps.json (`dvc exp show --json`), tune.log
-# Then, in your clone: python -m stages.select --exps exps.json <runs> --write
+#   bash tuning/tune.sh GRID_FILE [WORKERS]   -> ${OUT:-.}/exps.json (`dvc exp show --json`), tune.log
+# Then, in your clone: python -m tuning.select --exps exps.json <runs> --write
 set -euo pipefail
 grid="$1"; workers="${2:-4}"; out="${OUT:-.}"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$HOME/site" .whl/*.whl

@@ -1,9 +1,9 @@
 """Pick each run's hyperparameters from a DVC experiment grid evaluated on validation data.
 
     dvc exp show --json > exps.json
-    python -m stages.select --exps exps.json baseline cms               # print the grid and the choice
-    python -m stages.select --exps exps.json baseline ewc --write       # also results/tuning/grid.csv + the settings
-    python -m stages.select --exps exps.json nested_ssm --write-grid    # only results/tuning/grid.csv
+    python -m tuning.select --exps exps.json baseline cms               # print the grid and the choice
+    python -m tuning.select --exps exps.json baseline ewc --write       # also results/tuning/grid.csv + the settings
+    python -m tuning.select --exps exps.json nested_ssm --write-grid    # only results/tuning/grid.csv
 
 Not a pipeline stage: run it after a tuning grid (README, "Choosing hyperparameters"). A grid varies ONE
 setting of runs.<run>: the lr, or one key of method_args / optimizer_args (found from the experiments).
@@ -56,7 +56,7 @@ def _write_params(choices):
         cfg[key] = chosen["value"]  # the ONE setting the grid varies (select() checks)
         values = ", ".join(show(g["value"]) for g in sorted(c["grid"], key=lambda g: g["value"]))
         doc.setdefault("provenance", {})[run] = (
-            f"{setting} {show(chosen['value'])} selected by stages/select.py: best of the {setting} grid [{values}] "
+            f"{setting} {show(chosen['value'])} selected by tuning/select.py: best of the {setting} grid [{values}] "
             f"by final average accuracy on the validation split ({c['score']:.2f}%), tuning seeds "
             f"{chosen['tuning_seeds']}, {chosen['epochs']} epochs per task (results/tuning/grid.csv)")
         print(f"runs.{run}.{setting} <- {show(chosen['value'])} ({c['best']['name']})")
