@@ -1,8 +1,9 @@
 """Stage `code`: results/code/, the manifests of what training runs execute (pmnist/codedeps.py):
-loop.txt and one file per registered model, optimizer and method, each line the md5 of one project file.
-`train@<run>` depends on loop.txt and on its own model's, optimizer's and method's manifests, not on
-the code folders, so an edit reruns exactly the runs that import the edited file, and adding a model,
-optimizer or method reruns none. This stage reads no params; it reruns (in about a second) on any code
+loop.txt and one file per registered model, optimizer and method, each line the md5 of one project
+file's code (comments, docstrings and blank lines left out). `train@<run>` depends on loop.txt and on
+its own model's, optimizer's and method's manifests, not on the code folders, so an edit reruns exactly
+the runs that import the edited file, and adding a model, optimizer or method, or editing
+documentation, reruns none. This stage reads no params; it reruns (in about a second) on any code
 edit and rewrites the folder whole, byte-identical where nothing changed."""
 from pathlib import Path
 

@@ -1,6 +1,7 @@
 """Each training run depends on its own code only (pmnist/codedeps.py, stage `code`): the manifests of
 the loop and of its model, optimizer and method list every project file it loads, nothing of another
-run's model, optimizer or method, and a registry entry added for something else changes none of them."""
+run's model, optimizer or method, and a registry entry added for something else changes none of them.
+A manifest hashes code, not documentation: comments, docstrings and blank lines change none."""
 import json
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pmnist.codedeps import entry_text, import_closure, manifests, registry_text, run_files
+from pmnist.codedeps import code_text, entry_text, import_closure, manifests, registry_text, run_files
 from pmnist.config import load_params
 from pmnist.methods import METHODS
 from pmnist.models import MODELS
@@ -83,7 +84,7 @@ def test_an_edited_module_changes_the_manifests_of_its_importers_only(tmp_path):
     for package in ("pmnist", "stages"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
     with open(tmp_path / "pmnist" / "optim" / "newton_schulz.py", "a") as f:
-        f.write("\n# an edit\n")
+        f.write("\nEDITED = True\n")
     after = manifests(tmp_path, REGISTRIES)
     changed = sorted(name for name in MANIFESTS if after[name] != MANIFESTS[name])
     assert changed == ["optimizer_m3.txt", "optimizer_muon.txt"]
@@ -111,3 +112,47 @@ def test_literature_items_name_their_runs_model_optimizer_and_method():
     for key, item in items.items():
         run = yaml.safe_load((ROOT / "literature" / item["setting"] / "params.yaml").read_text())["runs"][item["run"]]
         assert (item["model"], item["optimizer"], item["method"]) == (run["model"], run["optimizer"], run["method"]), key
+
+
+def copy_code(tmp_path):
+    for package in ("pmnist", "stages"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_documentation_edits_change_no_manifest_and_a_code_edit_does(tmp_path):
+    """Rewording a comment or docstring of the loop, or adding blank lines, reruns no run; changing a
+    constant reruns every run."""
+    train = copy_code(tmp_path) / "pmnist" / "train.py"
+    source = train.read_text()
+    anchor = "def format_duration(seconds):\n"
+    assert anchor in source and '"""Forward, backward' in source and "# current task's" in source
+    documented = (source.replace('"""Forward, backward', '"""Reworded.\n\n    Forward, backward')
+                  .replace("# current task's", "# the permutation of the current task")
+                  .replace(anchor, anchor + "    # why: a new comment line\n\n"))
+    train.write_text(documented)
+    assert manifests(tmp_path, REGISTRIES) == MANIFESTS
+    train.write_text(source.replace("reduction=\"none\")", "reduction=\"none\", label_smoothing=0.0)"))
+    after = manifests(tmp_path, REGISTRIES)
+    assert after["loop.txt"] != MANIFESTS["loop.txt"]
+
+
+@pytest.mark.parametrize("before, after", [
+    ('x = "a # b"\n', 'x = "a # c"\n'),                               # a '#' inside a string is code
+    ('s = """\nline\n\n"""\n', 's = """\nline\n"""\n'),               # so are a long string's blank lines
+    ('s = f"""\n{x}  \n"""\n', 's = f"""\n{x}\n"""\n'),                # and its trailing spaces
+    ('def f():\n    "doc"\n    return 1\n', 'def f():\n    return 1\n'),  # a docstring's presence is code
+    ('x = "doc"\ny = 1\n', 'x = "other"\ny = 1\n'),                      # a string that is not a docstring
+])
+def test_code_text_keeps_every_change_of_code(before, after):
+    assert code_text(before) != code_text(after)
+
+
+@pytest.mark.parametrize("before, after", [
+    ('x = 1  # one\n', 'x = 1  # uno\n\n\n'),
+    ('def f():\n    """Doc θ."""\n    return 1\n', 'def f():\n    """Other\n    doc."""\n    return 1\n'),
+    ('"""Module."""\nclass A:\n    \'\'\'A.\'\'\'\n', '"""Module, reworded."""\n# a comment\nclass A:\n    "A!"\n'),
+])
+def test_code_text_drops_documentation(before, after):
+    assert code_text(before) == code_text(after)
+    compile(code_text(before), "<code_text>", "exec")  # still Python
