@@ -214,7 +214,7 @@ def test_training_dies_with_dvc(trained, sig, shell):
     repo = trained
     edit_params(repo, lambda p: p["train"].update(epochs=1000))  # trains far longer than the timeout
     before = snapshot(repo)
-    p = subprocess.Popen(["timeout", "--foreground", "-s", sig, "40", "dvc", "repro", *TRAINED], cwd=repo, text=True,
+    p = subprocess.Popen(["timeout", "--foreground", "-s", sig, "25", "dvc", "repro", *TRAINED], cwd=repo, text=True,
                          env=stage_env(shell), start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = p.communicate(timeout=300)  # EOF: every writer, the stage included, has exited
