@@ -126,24 +126,25 @@ def table_rows(published: dict, summaries: dict, settings: dict) -> list:
     return rows
 
 
-def paired_rows(paired: dict, per_seed: dict, settings: dict) -> list:
-    """[{name, setting, run, against, n_seeds, <metric>: {difference, ci95}}]; per_seed: setting -> {run ->
-    {metric -> {seed: value}}} (summary.csv). Differences over the seeds both runs trained."""
+def paired_rows(paired: dict, per_seed: dict) -> list:
+    """[{name, setting, run, against, n_seeds, <metric>: {difference, ci95}}]; per_seed: setting -> (values,
+    seeds, trained) of its results/summary.csv (pmnist.stats.load_summary). Differences over the seeds
+    both runs trained."""
     out = []
     for key, cmp in paired.items():
         setting = cmp["setting"]
         if setting not in per_seed:
             fail(f"paired.{key}.setting", f"{setting!r} has no results; settings: {', '.join(per_seed)}")
+        values, _, trained = per_seed[setting]
         for field in ("run", "against"):
-            if cmp[field] not in per_seed[setting]:
+            if cmp[field] not in values:
                 fail(f"paired.{key}.{field}", f"{cmp[field]!r} is not a run of {setting} with results; "
-                                              f"runs: {', '.join(per_seed[setting])}")
-        a, b = per_seed[setting][cmp["run"]], per_seed[setting][cmp["against"]]
-        seeds = sorted(set(a["acc_pct"]) & set(b["acc_pct"]))
-        row = {"name": key, "setting": setting, "run": cmp["run"], "against": cmp["against"],
-               "n_seeds": len(seeds), "note": cmp["note"]}
+                                              f"runs: {', '.join(values)}")
+        a, b = cmp["run"], cmp["against"]
+        both = trained[a] & trained[b]
+        row = {"name": key, "setting": setting, "run": a, "against": b, "n_seeds": int(both.sum()), "note": cmp["note"]}
         for metric in PAIRED_METRICS:
-            mean, _, low, high = mean_ci([a[metric][s] - b[metric][s] for s in seeds])
+            mean, _, low, high = mean_ci(values[a][metric][both] - values[b][metric][both])
             ci = None if math.isnan(float(low)) else [round(float(low), 2), round(float(high), 2)]
             row[metric] = {"difference": round(float(mean), 2), "ci95": ci}
         out.append(row)

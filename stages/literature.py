@@ -5,7 +5,6 @@ results/table.md and results/table.json (in literature/, the stage's folder).
 Run from literature/ (the stage's wdir) with the repository on PYTHONPATH; each setting folder holds its
 own params.yaml and the results of its own train and aggregate stages.
 """
-import csv
 import json
 from pathlib import Path
 
@@ -13,20 +12,8 @@ from pmnist.cli import run_stage
 from pmnist.config import load_params, read_yaml
 from pmnist.errors import DataError
 from pmnist.io import require_file, write_json, write_text
-from pmnist.literature import PAIRED_METRICS, markdown, paired_rows, table_rows, validate_literature
-
-
-def per_seed_values(path: Path, setting: str) -> dict:
-    """summary.csv (run, seed, metric, value) -> {run: {metric: {seed: value}}} for the paired metrics."""
-    out = {}
-    try:
-        with path.open(newline="") as f:
-            for line in csv.DictReader(f):
-                if line["metric"] in PAIRED_METRICS:
-                    out.setdefault(line["run"], {m: {} for m in PAIRED_METRICS})[line["metric"]][int(line["seed"])] = float(line["value"])
-    except (KeyError, ValueError) as e:
-        raise DataError(f"{path}: not the aggregate stage's per-seed table ({e!r}); rerun aggregate@{setting}") from None
-    return out
+from pmnist.literature import markdown, paired_rows, table_rows, validate_literature
+from pmnist.stats import load_summary
 
 
 def main():
@@ -42,10 +29,10 @@ def main():
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e}); rerun aggregate@{setting}") from None
         if any(p["setting"] == setting for p in paired.values()):
-            csv_path = require_file(Path(setting) / "results" / "summary.csv", "run `dvc repro literature/dvc.yaml`")
-            per_seed[setting] = per_seed_values(csv_path, setting)
+            per_seed[setting] = load_summary(require_file(Path(setting) / "results" / "summary.csv",
+                                                          "run `dvc repro literature/dvc.yaml`"))
     rows = table_rows(published, summaries, settings)
-    comparisons = paired_rows(paired, per_seed, settings)
+    comparisons = paired_rows(paired, per_seed)
     write_json("results/table.json", {"rows": rows, "paired": comparisons})
     write_text("results/table.md", markdown(rows, comparisons))
     for r in rows:

@@ -11,6 +11,7 @@ from pmnist.config import load_params
 from pmnist.errors import ConfigError
 from pmnist.literature import (TARGET_POINTS, markdown, paired_rows, table_rows, validate_literature, validate_paired,
                                validate_published)
+from pmnist.stats import load_summary
 
 ROOT = smoke.ROOT
 SETTINGS = ["mammoth", "vandeven"]
@@ -121,16 +122,21 @@ def test_table_rows_difference_target_and_what_each_pm_is():
         table_rows(published, {"mammoth": {"runs": {"si": summary["runs"]["si"]}}}, {"mammoth": params})
 
 
-def test_paired_rows_are_differences_over_shared_seeds():
-    per_seed = {"mammoth": {"cms": {"acc_pct": {0: 50.0, 1: 52.0, 2: 51.0}, "forgetting_pct": {0: 20.0, 1: 22.0, 2: 30.0}},
-                            "ctl": {"acc_pct": {0: 49.0, 1: 50.0}, "forgetting_pct": {0: 21.0, 1: 25.0}}}}
+def test_paired_rows_are_differences_over_shared_seeds(tmp_path):
+    values = {"cms": {"acc_pct": {0: 50.0, 1: 52.0, 2: 51.0}, "forgetting_pct": {0: 20.0, 1: 22.0, 2: 30.0}},
+              "ctl": {"acc_pct": {0: 49.0, 1: 50.0}, "forgetting_pct": {0: 21.0, 1: 25.0}}}
+    csv = ["run,seed,metric,value"] + [f"{run},{seed},{metric},{v}" for run, metrics in values.items()
+                                       for metric, by_seed in metrics.items() for seed, v in by_seed.items()]
+    csv += [f"{run},{seed},learning_acc_pct,90.0" for run, metrics in values.items() for seed in metrics["acc_pct"]]
+    (tmp_path / "summary.csv").write_text("\n".join(csv) + "\n")
+    per_seed = {"mammoth": load_summary(tmp_path / "summary.csv")}  # as the table stage reads the aggregate's file
     paired = validate_paired({"p": {"setting": "mammoth", "run": "cms", "against": "ctl", "note": "n"}})
-    (row,) = paired_rows(paired, per_seed, {})
+    (row,) = paired_rows(paired, per_seed)
     assert row["n_seeds"] == 2 and row["acc_pct"]["difference"] == 1.5 and row["forgetting_pct"]["difference"] == -2.0
     assert row["acc_pct"]["ci95"][0] < 1.5 < row["acc_pct"]["ci95"][1]
     assert "| `p` | mammoth | `cms` − `ctl` | 2 | +1.50 [" in markdown([], [row])
     with pytest.raises(ConfigError, match="paired.q.against"):
-        paired_rows(validate_paired({"q": {"setting": "mammoth", "run": "cms", "against": "x"}}), per_seed, {})
+        paired_rows(validate_paired({"q": {"setting": "mammoth", "run": "cms", "against": "x"}}), per_seed)
 
 
 TINY = {"protocol": {"n_seeds": 2, "n_tasks": 2}, "train": {"train_subset": 1000, "device": "cpu"}}
