@@ -16,6 +16,7 @@ counts it without its entries, each entry's manifest counts its own lines, so ad
 or method reruns nothing. Torch-free.
 """
 import ast
+import functools
 import hashlib
 import io
 import tokenize
@@ -71,14 +72,13 @@ def import_closure(root: Path, entries) -> dict:
     return out
 
 
-def registry_text(source: str, registry: str, keep=None) -> str:
-    """The registry module's source with every entry of the dict `registry` but `keep` (None: all) left out."""
+def registry_text(source: str, registry: str) -> str:
+    """The registry module's source with every entry of the dict `registry` left out."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
     drop = set()
     for key, value in _entries(tree, registry):
-        if key.value != keep:
-            drop.update(range(key.lineno - 1, value.end_lineno))
+        drop.update(range(key.lineno - 1, value.end_lineno))
     return "".join(line for i, line in enumerate(lines) if i not in drop)
 
 
@@ -156,7 +156,7 @@ def manifests(root: Path, registries: dict) -> dict:
     registries: registry package (pmnist.models, ...) -> its dict of specs. Sorted `md5  path` lines,
     each the md5 of the file's code_text."""
     loop = import_closure(root, [TRAIN_ENTRY])
-    code = lambda path: code_text(path.read_text())
+    code = functools.cache(lambda path: code_text(path.read_text()))  # a file shared by entries: read once
     lines = [_line(registry_text(code(path), REGISTRIES[name]), f"{_rel(root, path)} [no entries]")
              if name in REGISTRIES else _line(code(path), _rel(root, path)) for name, path in loop.items()]
     out = {"loop.txt": "".join(sorted(lines, key=lambda line: line[34:]))}
