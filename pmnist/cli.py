@@ -31,7 +31,8 @@ _ancestors = []  # watched_ancestors() when the stage started
 
 
 class Stopped(BaseException):
-    """SIGINT or SIGTERM, raised as an exception so atomic writes clean up their temp files on the way out."""
+    """A stop signal (SIGINT, SIGTERM, or SIGHUP: the parent-death signal), raised as an exception so atomic
+    writes clean up their temp files on the way out."""
 
 
 _received = []   # stop signals that came after the first (noted, not acted on)
@@ -42,7 +43,7 @@ def _note(signum, frame):
 
 
 def _stop(signum, frame):
-    # Once: a second signal (the parent-death signal and the watcher both send SIGTERM; Ctrl-C twice) must
+    # Once: a second signal (the parent-death SIGHUP and the watcher's SIGTERM both come; Ctrl-C twice) must
     # not interrupt the clean-up of temp files or the interpreter's exit. Noted rather than ignored: a
     # signal already pending when the handler becomes SIG_IGN makes Python raise "ignored due to race
     # condition" in the middle of the clean-up.
