@@ -3,23 +3,11 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PY      := .venv/bin/python
 VENV    := .venv/.installed
 
-# A relative MNIST_MIRROR means relative to where it was set: make it absolute once, here, so the
-# stages and the tests (which run elsewhere) see the same directory.
-ifneq ($(strip $(MNIST_MIRROR)),)
-  ifeq ($(findstring ://,$(MNIST_MIRROR)),)
-    export MNIST_MIRROR := $(abspath $(MNIST_MIRROR))
-  endif
-endif
-ifneq ($(strip $(FASHION_MNIST_MIRROR)),)
-  ifeq ($(findstring ://,$(FASHION_MNIST_MIRROR)),)
-    export FASHION_MNIST_MIRROR := $(abspath $(FASHION_MNIST_MIRROR))
-  endif
-endif
-ifneq ($(strip $(CIFAR10_MIRROR)),)
-  ifeq ($(findstring ://,$(CIFAR10_MIRROR)),)
-    export CIFAR10_MIRROR := $(abspath $(CIFAR10_MIRROR))
-  endif
-endif
+# A relative mirror path (MNIST_MIRROR, FASHION_MNIST_MIRROR, CIFAR10_MIRROR; a URL is left as it is)
+# means relative to where it was set: make it absolute once, here, so the stages and the tests (which run
+# elsewhere) see the same directory.
+MIRRORS := MNIST_MIRROR FASHION_MNIST_MIRROR CIFAR10_MIRROR
+$(foreach m,$(MIRRORS),$(if $(strip $($(m))),$(if $(findstring ://,$($(m))),,$(eval export $(m) := $(abspath $($(m)))))))
 
 .PHONY: setup repro literature sequence test smoke bench
 
