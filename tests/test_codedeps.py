@@ -80,10 +80,15 @@ def test_a_new_registry_entry_changes_no_manifest_and_an_edited_entry_only_its_o
     assert registry_text(edited, "OPTIMIZERS") == registry_text(source, "OPTIMIZERS")
 
 
-def test_an_edited_module_changes_the_manifests_of_its_importers_only(tmp_path):
+def copy_code(tmp_path):
+    """The project's code (pmnist/, stages/) copied under tmp_path, which it returns."""
     for package in ("pmnist", "stages"):
         shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(tmp_path / "pmnist" / "optim" / "newton_schulz.py", "a") as f:
+    return tmp_path
+
+
+def test_an_edited_module_changes_the_manifests_of_its_importers_only(tmp_path):
+    with open(copy_code(tmp_path) / "pmnist" / "optim" / "newton_schulz.py", "a") as f:
         f.write("\nEDITED = True\n")
     after = manifests(tmp_path, REGISTRIES)
     changed = sorted(name for name in MANIFESTS if after[name] != MANIFESTS[name])
@@ -112,12 +117,6 @@ def test_literature_items_name_their_runs_model_optimizer_and_method():
     for key, item in items.items():
         run = yaml.safe_load((ROOT / "literature" / item["setting"] / "params.yaml").read_text())["runs"][item["run"]]
         assert (item["model"], item["optimizer"], item["method"]) == (run["model"], run["optimizer"], run["method"]), key
-
-
-def copy_code(tmp_path):
-    for package in ("pmnist", "stages"):
-        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
-    return tmp_path
 
 
 def test_documentation_edits_change_no_manifest_and_a_code_edit_does(tmp_path):
